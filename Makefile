@@ -1,0 +1,48 @@
+# bnlab: two commands do all the set-up on a fresh machine.
+#   make train   creates .venv if missing, installs bnlab, runs the main job
+#   make test    same environment, runs the linter and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bnlab-installed
+
+# A CPU build of torch where no NVIDIA GPU is present; the package itself accepts any torch >= 2.1.
+# On this project's machines torch==2.13.0 is a CPU wheel kept on local disk, while a plain `torch`
+# resolves to a ~5.5 GB CUDA build. Elsewhere, point pip at PyTorch's CPU wheel index, e.g.
+#   make test TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>"
+# and GPU users get the CUDA build with `make TORCH_SPEC=torch`.
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.1,torch==2.13.0)
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup train test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+train: $(STAMP)
+	$(BIN)/bnlab train
+	$(BIN)/bnlab train norm=none
+	@echo
+	@echo "Open TensorBoard on both runs:  $(BIN)/bnlab tb runs/train   (or: $(BIN)/tensorboard --logdir runs/train)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+# The slow tests (non-editable install, full-size checks); CI runs them too.
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_bn.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

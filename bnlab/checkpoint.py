@@ -1,0 +1,66 @@
+"""Atomic checkpoints and the random-number state that makes a resume exact.
+
+A checkpoint is written to a temporary file in the same directory, flushed to
+disk, then renamed over the old one: a kill at any moment leaves either the
+previous complete checkpoint or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bnlab.errors import RunFileError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save(path: Path, state: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"no checkpoint at {path}; the run has nothing to resume from (start it anew)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for a damaged zip/pickle
+        raise RunFileError(
+            f"checkpoint {path} is damaged or truncated ({type(error).__name__}: {error}); "
+            "remove it to restart the run from step 0, or restore it from a copy"
+        ) from error
+    if not isinstance(state, dict) or "step" not in state:
+        raise RunFileError(f"checkpoint {path} is not a bnlab checkpoint (no 'step' entry)")
+    return state
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,95 @@
+"""TensorBoard images of one run: the gradient and activation profiles across depth, and Figure 1.
+
+Telemetry asks `due` at its own steps and calls `render` when it says yes; the
+images show what the scalar charts cannot: the whole depth profile at one step.
+
+- profile/gradients: ‖∂L/∂(layer output)‖ and ‖∂L/∂W‖ against layer index (log axis),
+  the step-0 profile faint behind the current one: vanishing reads as a steep line.
+- profile/activations: the preactivation p15/p50/p85 band and the saturated fraction.
+- figure1/last_hidden: the last hidden layer's preactivation percentiles over the
+  steps so far, as in Ioffe & Szegedy (2015), Figure 1.
+
+By default about ten images a run (step 0, the last step, and evenly in between);
+`log.image_every` sets the interval in steps instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bnlab import figures, plots
+
+IMAGES_PER_RUN = 10
+OUTPUT, WEIGHT = "grad_norm/output", "grad_norm/weight"
+
+
+def image_interval(total_steps: int, log_every: int, images: int = IMAGES_PER_RUN) -> int:
+    """Steps between images for about `images` a run (steps 0 and last included), a multiple of log_every."""
+    between = max(images - 1, 1)
+    return log_every * max(1, round((total_steps - 1) / between / log_every))
+
+
+class ImageLog:
+    """Renders a run's profile and Figure-1 images at image steps, and remembers which steps it rendered."""
+
+    def __init__(self, cfg):
+        self.every = int(cfg.log.every)
+        self.interval = int(cfg.log.image_every or image_interval(cfg.train.steps, self.every))
+        self.title = plots.run_title(cfg.model.name, cfg.norm.name, cfg.model.activation, cfg.model.depth)
+        self.steps: list[int] = []
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Step 0, the last step, and the first telemetry step at or after each multiple of the interval."""
+        if step == 0 or step == total_steps - 1:
+            return True
+        # Telemetry steps are `every` apart: image if a multiple of the interval lies in (previous, step].
+        return step // self.interval > (step - self.every) // self.interval
+
+    def rendered(self, step: int) -> bool:
+        return step in self.steps
+
+    def render(self, writer, step: int, initial: dict[str, float], current: dict[str, float],
+               history: list[tuple[int, dict[str, float]]]) -> None:
+        """Draw the three images for `step` and hand them to `writer`."""
+        for tag, figure in (("profile/gradients", self.gradients(step, initial, current)),
+                            ("profile/activations", self.activations(step, current)),
+                            ("figure1/last_hidden", self.figure1(step, current, history))):
+            data, width, height = plots.png(figure)
+            writer.image_png(tag, data, step, width, height)
+        self.steps.append(step)
+
+    def gradients(self, step: int, initial: dict[str, float], current: dict[str, float]):
+        now_output, now_weight = figures.profile(current, OUTPUT), figures.profile(current, WEIGHT)
+        init_output, init_weight = figures.profile(initial, OUTPUT), figures.profile(initial, WEIGHT)
+        output = [plots.ProfileLine(init_output, "step 0", "C0", "--", 0.35),
+                  plots.ProfileLine(now_output, f"step {step}", "C0")]
+        weight = [plots.ProfileLine(init_weight, "step 0", "C1", "--", 0.35),
+                  plots.ProfileLine(now_weight, f"step {step}", "C1")]
+        note = (f"first/last: {_fmt(figures.ratio_first_last(now_output))}\n"
+                f"×{_fmt(figures.growth_factor(now_output), '.3g')} per layer")
+        return plots.gradient_figure(output, weight, f"{self.title} · step {step}", note)
+
+    def activations(self, step: int, current: dict[str, float]):
+        band = {name: figures.profile(current, f"preact/{name}") for name in plots.BAND}
+        saturated = figures.profile(current, "act/saturated")
+        return plots.activation_figure(band["p15"], band["p50"], band["p85"], saturated,
+                                       f"{self.title} · step {step}")
+
+    def figure1(self, step: int, current: dict[str, float], history: list[tuple[int, dict[str, float]]]):
+        layers = figures.hidden_layers(current)
+        layer = layers[-1] if layers else "?"
+        points = [(s, values) for s, values in history if f"preact/p50/{layer}" in values]
+        steps = [s for s, _ in points]
+        band = {name: [values[f"preact/{name}/{layer}"] for _, values in points] for name in plots.BAND}
+        title = f"{self.title}\n{layer} (last hidden layer): preactivation percentiles over steps 0–{step}"
+        return plots.bands_figure([plots.Band("", steps, band["p15"], band["p50"], band["p85"])], title)
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = list(state.get("steps", []))
+
+
+def _fmt(value: float, spec: str = ".2e") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)

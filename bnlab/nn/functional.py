@@ -1,0 +1,184 @@
+"""The BatchNorm arithmetic: batch statistics, the train/eval kernels and the autograd Function.
+
+Everything is plain PyTorch tensor arithmetic; no aten batch-norm kernel (F.batch_norm,
+torch.native_batch_norm, cudnn, ...) is called. Shapes: x is (N, C, *) in any memory format;
+per-channel tensors are (C,) and get viewed as (C, 1, ...) where they broadcast against x.
+
+Speed on CPU comes from touching full-size memory as rarely as possible: the buffer that holds
+x - mean during the statistics pass is reused for the output (forward) and for dx (backward),
+so each direction allocates exactly one full-size tensor, as torch's own kernel does.
+"""
+
+import torch
+from torch import Tensor
+
+# Half-precision inputs are normalized with float32 statistics, as torch does.
+_REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _reduce_dims(x: Tensor) -> tuple[int, ...]:
+    """Every dim but the channel dim: (0, 2, 3, ...)."""
+    return (0, *range(2, x.dim()))
+
+
+def _bcast(t: Tensor, x: Tensor) -> Tensor:
+    """A (C,) tensor viewed as (C, 1, ...) so that it broadcasts against x of shape (N, C, *)."""
+    return t if x.dim() == 2 else t.view(-1, *([1] * (x.dim() - 2)))
+
+
+def _shift(x: Tensor, base: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
+    """Per-channel base - t1 * t2, laid out for a fast x * scale + shift.
+
+    CPU elementwise loops are vectorized only when at most one operand is constant along x's
+    innermost memory dim. For channels-first inputs with spatial dims both scale and shift would
+    be (the loop ran ~4x slower), so the shift is written out over the spatial dims instead:
+    (C, *spatial) values, 1/N of x.
+    """
+    base = _bcast(base, x)
+    if x.dim() > 2 and x.stride(1) != 1 and x.shape[0] > 1:
+        base = base.expand(x.shape[1:])  # (C, *spatial)
+    return torch.addcmul(base, _bcast(t1, x), _bcast(t2, x), value=-1)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in _REDUCED_PRECISION else x.dtype
+
+
+def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _scale_shift(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, bias: Tensor | None):
+    """Fold y = weight * (x - mean) * invstd + bias into y = x * scale + shift."""
+    scale = invstd if weight is None else _to(invstd * weight, invstd.dtype)  # (C,)
+    shift = _shift(x, torch.zeros_like(mean) if bias is None else _to(bias, mean.dtype), mean, scale)
+    return scale, shift
+
+
+def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """Normalize x with its own batch statistics.
+
+    Returns (y, mean, var, invstd, scale), each but y (C,) in the compute dtype; var is biased
+    and scale = weight * invstd.
+    """
+    xc = _to(x, _compute_dtype(x))
+    dims = _reduce_dims(x)
+    mean = xc.mean(dims)  # (C,)
+    # Two passes (mean first, then squared deviations) keep the variance exact for inputs whose
+    # mean is large against their spread; E[x^2] - E[x]^2 would cancel catastrophically.
+    y = torch.sub(xc, _bcast(mean, x))  # (N, C, *) x - mean; this buffer becomes the output
+    var = y.square_().mean(dims)  # (C,)
+    invstd = torch.rsqrt(var + eps)
+    scale, shift = _scale_shift(x, mean, invstd, weight, bias)
+    torch.addcmul(shift, xc, _bcast(scale, x), out=y)  # one fused multiply-add per element
+    return _to(y, x.dtype), mean, var, invstd, scale
+
+
+def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, need_dx: bool):
+    """Gradients of forward_kernel for fixed (saved) statistics; not differentiable itself.
+
+    With x_hat = (x - mean) * invstd, M values per channel and scale = weight * invstd,
+      dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
+    regrouped into per-channel coefficients as dx = dy * scale + x * b + c so that the
+    full-size work is two fused multiply-adds into one buffer.
+    """
+    dtype = _compute_dtype(x)
+    dyc, xc = _to(dy, dtype), _to(x, dtype)
+    dims, count = _reduce_dims(x), x.numel() // x.shape[1]
+    grad_bias = dyc.sum(dims)  # (C,) sum(dy)
+    # Centre x before the product (as torch does) so that a large mean does not cancel.
+    dx = torch.sub(xc, _bcast(mean, x))  # (N, C, *) x - mean; this buffer becomes dx
+    grad_weight = dx.mul_(dyc).sum(dims).mul_(invstd)  # (C,) sum(dy * x_hat)
+    if not need_dx:
+        return None, grad_weight, grad_bias
+    k = scale * (-1 / count)
+    b = torch.mul(k, invstd).mul_(grad_weight)  # -scale * invstd * mean(dy * x_hat)
+    c = _shift(x, k * grad_bias, b, mean)  # -scale * mean(dy) - b * mean
+    torch.addcmul(c, xc, _bcast(b, x), out=dx)
+    dx.addcmul_(dyc, _bcast(scale, x))
+    return _to(dx, x.dtype), grad_weight, grad_bias
+
+
+def backward_reference(dy: Tensor, x: Tensor, weight: Tensor | None, eps: float):
+    """The same gradients written out of differentiable ops, statistics recomputed from x.
+
+    Used when the backward itself is differentiated (create_graph=True, e.g. Hessian-vector
+    products): the saved mean and invstd are constants to autograd, so the graph must rebuild
+    them from x to get the second derivative through the statistics right.
+    """
+    dtype = _compute_dtype(x)
+    dy, x = _to(dy, dtype), _to(x, dtype)
+    dims = _reduce_dims(x)
+    x_mu = x - x.mean(dims, keepdim=True)
+    invstd = torch.rsqrt((x_mu * x_mu).mean(dims, keepdim=True) + eps)  # (1, C, 1, ...)
+    x_hat = x_mu * invstd
+    grad_bias = dy.sum(dims, keepdim=True)
+    grad_weight = (dy * x_hat).sum(dims, keepdim=True)
+    count = x.numel() // x.shape[1]
+    scale = invstd if weight is None else invstd * weight.view_as(invstd)
+    dx = scale * (dy - grad_bias / count - x_hat * (grad_weight / count))
+    return dx, grad_weight.view(-1), grad_bias.view(-1)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch-statistics BatchNorm with a hand-written backward.
+
+    Saves only x plus per-channel tensors (mean, invstd, weight * invstd), no full-size x_hat.
+    Outputs (y, mean, var); mean and var are (C,) and non-differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, var, invstd, scale = forward_kernel(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, invstd, scale)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # mean and var never get gradients; skip zero-filling them
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _grad_mean, _grad_var):
+        if dy is None:  # only mean/var were used downstream
+            return None, None, None, None
+        x, weight, mean, invstd, scale = ctx.saved_tensors
+        need_dx, need_weight, need_bias, _ = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: build a differentiable graph
+            dx, grad_weight, grad_bias = backward_reference(dy, x, weight, ctx.eps)
+        else:
+            dx, grad_weight, grad_bias = backward_kernel(dy, x, mean, invstd, scale, need_dx)
+        # Autograd casts each gradient to its input's dtype (float32 statistics, bf16 parameters).
+        return dx, grad_weight if need_weight else None, grad_bias if need_bias else None, None
+
+
+def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """Normalize with batch statistics. Returns (y, mean, var): mean/var biased, shape (C,)."""
+    if x.numel() == 0:  # an empty batch has no statistics; torch returns an empty output
+        return _empty_output(x, weight, bias), None, None
+    return BatchNormFunction.apply(x, weight, bias, eps)
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float) -> Tensor:
+    """Normalize with the running statistics: one multiply-add per element, autograd does the rest."""
+    invstd = torch.rsqrt(_to(running_var, _compute_dtype(x)) + eps)
+    scale, shift = _scale_shift(x, running_mean, invstd, weight, bias)
+    return _to(torch.addcmul(shift, x, _bcast(scale, x)), x.dtype)
+
+
+def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                         count: int, factor: float) -> None:
+    """running <- (1 - factor) * running + factor * batch, with the unbiased batch variance."""
+    if running_mean.dtype == mean.dtype:
+        running_mean.lerp_(mean, factor)
+    else:  # e.g. bfloat16 buffers, float32 statistics
+        running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+    running_var.mul_(1 - factor).add_(var, alpha=factor * count / (count - 1))
+
+
+def _empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An empty y still wired to weight and bias so that their gradients come out as zeros."""
+    y = x.clone()
+    if weight is not None:
+        y = y * _bcast(_to(weight, x.dtype), x)
+    if bias is not None:
+        y = y + _bcast(_to(bias, x.dtype), x)
+    return y

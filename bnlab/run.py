@@ -1,0 +1,237 @@
+"""One training run, start to summary.json: the loop, linear and readable top to bottom.
+
+Build data, model and optimizer from the config; resume from the run directory's
+checkpoint if asked; for each step draw a batch by index, forward, backward, check
+for divergence, step; hand the numbers to telemetry when it is due; evaluate,
+checkpoint and honour Ctrl-C between steps. Every way out (completed, diverged,
+interrupted, failed) writes summary.json and closes the event files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from bnlab import checkpoint, summary
+from bnlab.card import run_card
+from bnlab.data import BatchSampler, load_dataset
+from bnlab.errors import ConfigError
+from bnlab.figures import gradient_figures
+from bnlab.interrupt import stop_on_signals
+from bnlab.models import build_model
+from bnlab.telemetry import Telemetry
+from bnlab.writer import RunWriter
+
+log = logging.getLogger("bnlab.run")
+EVAL_CHUNK = 1024
+HPARAM_METRICS = ("loss/train", "loss/test", "acc/test", "figures/grad_ratio_first_last/init",
+                  "figures/grad_ratio_first_last/final", "figures/growth_factor/init", "figures/growth_factor/final")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    steps: int
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    diverged_at: int | None = None
+
+
+class NullProgress:
+    """What `train` reports to while it runs; the CLI passes a rich progress bar instead."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def update(self, step: int, loss: float | None, accuracy: float | None) -> None: ...
+    def stop(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but no CUDA device is available here; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def build_optimizer(optim_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                           weight_decay=optim_cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on (x, y), in eval mode (BatchNorm uses running statistics)."""
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, len(x), EVAL_CHUNK):
+        logits = model(x[i:i + EVAL_CHUNK])  # (B, classes)
+        loss_sum += F.cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum")
+        correct += (logits.argmax(dim=1) == y[i:i + EVAL_CHUNK]).sum()
+    model.train()
+    loss, accuracy = (torch.stack([loss_sum, correct]) / len(x)).tolist()
+    return loss, accuracy
+
+
+def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None, images=None) -> RunResult:
+    """Train the run `cfg` describes in `run_dir`, continuing its checkpoint if `cfg.resume` is set."""
+    run_dir, progress = Path(run_dir), progress or NullProgress()
+    record = {
+        "status": "running", "steps": 0, "total_steps": cfg.train.steps, "seed": cfg.train.seed,
+        "overrides": list(overrides or []), "config": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": {}, "figures": {}, "diverged_at": None, "skipped_steps": 0, "error": None,
+        "started": _now(), "finished": None,
+    }
+    checkpoint_path = run_dir / checkpoint.CHECKPOINT_NAME
+    resuming = cfg.resume is not None and (run_dir / summary.SUMMARY_NAME).exists()
+    if resuming:
+        previous = summary.read(run_dir)
+        if previous["status"] == "completed":
+            return RunResult(run_dir, "completed", previous["steps"], previous.get("metrics", {}))
+        record["started"] = previous.get("started", record["started"])
+    else:
+        summary.claim(run_dir, record)
+
+    writer = telemetry = None
+    flushed = torch.set_flush_denormal(cfg.train.flush_denormal)
+    try:
+        device = resolve_device(cfg.train.device)
+        checkpoint.seed_everything(cfg.train.seed)
+        data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, seed=cfg.train.seed,
+                            synthetic_dim=cfg.data.dim, synthetic_samples=cfg.data.samples,
+                            flatten=cfg.model.name == "mlp").to(device)
+        model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+        optimizer = build_optimizer(cfg.optim, model)
+        sampler = BatchSampler(len(data.x_train), cfg.data.batch_size, seed=cfg.train.seed)
+        state = checkpoint.load(checkpoint_path) if resuming and checkpoint_path.exists() else None
+        start = state["step"] if state else 0
+        # On resume, TensorBoard drops records at steps >= start left by the stopped process (no duplicates).
+        writer = RunWriter(run_dir, purge_step=start if resuming else None)
+        telemetry = Telemetry(model, writer, cfg.log, cfg.train.steps, images)
+        if state:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            sampler.load_state_dict(state["sampler"])
+            telemetry.load_state_dict(state["telemetry"])
+            checkpoint.set_rng_state(state["rng"])
+            record["diverged_at"], record["skipped_steps"] = state["diverged_at"], state["skipped_steps"]
+        else:
+            writer.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
+            writer.hparams_start(_hparams(cfg), list(HPARAM_METRICS))
+        record["steps"] = start
+        status = _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start,
+                       checkpoint_path, lambda step: _checkpoint_state(model, optimizer, sampler, telemetry,
+                                                                        step, record))
+    except Exception as error:  # the run failed: keep its records, say why, and let a sweep go on
+        status = "failed"
+        record["error"] = f"{type(error).__name__}: {error}"
+        log.error("run failed\n%s", traceback.format_exc())
+    finally:
+        progress.stop()
+        if flushed:
+            torch.set_flush_denormal(False)
+
+    record["status"] = status
+    record["finished"] = _now()
+    if telemetry is not None:
+        record["metrics"] = dict(telemetry.last)
+        if telemetry.initial:
+            record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
+    if writer is not None:
+        writer.text("run_card", run_card(record), record["steps"])  # the same numbers as summary.json
+        writer.hparams_end(status)
+        writer.close()
+    summary.write(run_dir, record)
+    return RunResult(run_dir, status, record["steps"], record["metrics"], record["error"], record["diverged_at"])
+
+
+def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, checkpoint_path,
+          checkpoint_state) -> str:
+    total, on_divergence = cfg.train.steps, cfg.train.on_divergence
+    weights = [layer.weight for layer in model.weight_layers.values()]
+    accuracy = None
+    progress.start(total, start)
+    with stop_on_signals() as stop:
+        for step in range(start, total):
+            if step % cfg.train.eval_every == 0:
+                test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+                telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
+            due = telemetry.due(step)
+            if due:
+                telemetry.start(step)
+            indices = sampler.next_indices()
+            x, y = data.x_train[indices], data.y_train[indices]
+            loss = F.cross_entropy(model(x), y)
+            if cfg.optim.l1 > 0:
+                loss = loss + cfg.optim.l1 * sum(w.abs().sum() for w in weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if cfg.optim.grad_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            loss_value, grad_value = torch.stack([loss.detach(), grad_norm.detach()]).tolist()  # one sync a step
+            finite = math.isfinite(loss_value) and math.isfinite(grad_value)
+            if finite:
+                optimizer.step()
+            else:  # a diverged step never reaches the parameters
+                record["skipped_steps"] += 1
+                if record["diverged_at"] is None:
+                    record["diverged_at"] = step
+            if due:
+                telemetry.finish(step, {"loss/train": loss.detach(), "lr": optimizer.param_groups[0]["lr"]})
+            record["steps"] = step + 1 if finite or on_divergence == "continue" else step
+            progress.update(record["steps"], loss_value, accuracy)
+            if not finite and not due:
+                telemetry.record(step, {"loss/train": loss_value})
+            if not finite and on_divergence == "stop":
+                log.warning("loss or gradient is not finite at step %d: stopping (diverged)", step)
+                return "diverged"
+            if stop.requested:
+                log.warning("%s received: stopping after step %d", stop.signal_name, step)
+                checkpoint.save(checkpoint_path, checkpoint_state(record["steps"]))
+                return "interrupted"
+            if record["steps"] % cfg.train.checkpoint_every == 0:
+                checkpoint.save(checkpoint_path, checkpoint_state(record["steps"]))
+    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    telemetry.record(total, {"loss/test": test_loss, "acc/test": accuracy})
+    telemetry.render_final(total - 1)
+    progress.update(total, None, accuracy)
+    figures = gradient_figures(telemetry.initial, telemetry.last) if telemetry.initial else {}
+    if figures:
+        telemetry.record(total, {f"figures/{name}": value for name, value in figures.items()})
+    checkpoint.save(checkpoint_path, checkpoint_state(total))
+    return "completed"
+
+
+def _checkpoint_state(model, optimizer, sampler, telemetry, step: int, record: dict) -> dict:
+    return {
+        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "sampler": sampler.state_dict(), "telemetry": telemetry.state_dict(), "rng": checkpoint.rng_state(),
+        "diverged_at": record["diverged_at"], "skipped_steps": record["skipped_steps"],
+    }
+
+
+def _hparams(cfg) -> dict:
+    """The config's leaves as flat `section.key` hyperparameters (None written as 'none')."""
+    flat = {}
+    for section in ("model", "norm", "data", "optim", "train"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            flat[f"{section}.{key}"] = "none" if value is None else value
+    return flat
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+

@@ -1,0 +1,104 @@
+"""The TensorBoard writer of a run: tags in, event records out.
+
+It does not know how the numbers were computed. Scalars of one step go out as one
+event (one protobuf with many values) rather than one event per tag; histograms are
+binned on the device and cross to the host in one transfer. The HParams records go
+into the run's own directory, not the extra sub-run `SummaryWriter.add_hparams`
+creates, so TensorBoard's HParams view lines up a sweep's runs directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+HISTOGRAM_BINS = 30
+LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
+
+
+class RunWriter:
+    """Writes a run's scalars, histograms, text, images, layout and hparams to `run_dir`."""
+
+    def __init__(self, run_dir: str, purge_step: int | None = None):
+        # purge_step: on resume, TensorBoard drops records at steps >= purge_step written after the
+        # last checkpoint by the interrupted process, so no step appears twice.
+        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10)
+        self._events = self._writer._get_file_writer()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+        self._events.add_summary(summary, step)
+
+    def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        if not tensors:
+            return
+        rows = torch.stack([_histogram_row(t) for t in tensors.values()]).tolist()  # one host transfer
+        values = []
+        for tag, row in zip(tensors, rows, strict=True):
+            low, high, count, total, total_sq, *buckets = row
+            width = (high - low) / HISTOGRAM_BINS or 1.0
+            limits = [low + width * (i + 1) for i in range(HISTOGRAM_BINS)]
+            proto = HistogramProto(min=low, max=high, num=count, sum=total, sum_squares=total_sq,
+                                   bucket_limit=limits, bucket=buckets)
+            values.append(Summary.Value(tag=tag, histo=proto))
+        self._events.add_summary(Summary(value=values), step)
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        self._writer.add_text(tag, markdown, step)
+
+    def image_png(self, tag: str, png: bytes, step: int, width: int, height: int) -> None:
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+        self._events.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def layout(self, tags: list[str]) -> None:
+        """A custom-scalars chart per telemetry family, each drawing all layers of that family."""
+        families: dict[str, list[str]] = defaultdict(list)
+        for tag in tags:
+            match = LAYER_TAG.match(tag)
+            if match:
+                families[match["family"]].append(tag)
+        categories: dict[str, dict] = defaultdict(dict)
+        for family in sorted(families):
+            category = family.split("/")[0]
+            categories[category][family] = ["Multiline", [rf"^{re.escape(family)}/layer\d+$"]]
+        self._writer.add_custom_scalars(dict(categories))
+
+    def hparams_start(self, hparams: dict, metric_tags: list[str]) -> None:
+        """Declare the run's hyperparameters and which scalar tags are its metrics."""
+        experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(metric_tags, 0.0))
+        self._events.add_summary(experiment)
+        self._events.add_summary(session_start)
+
+    def hparams_end(self, status: str) -> None:
+        from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        session_end = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE)
+        content = plugin_data_pb2.HParamsPluginData(session_end_info=session_end,
+                                                    version=metadata.PLUGIN_DATA_VERSION)
+        plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+        value = Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))
+        self._events.add_summary(Summary(value=[value]))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _histogram_row(values: torch.Tensor) -> torch.Tensor:
+    """[min, max, count, sum, sum of squares, bucket counts...] of `values`, computed on its device."""
+    flat = values.detach().flatten().float()  # (n,)
+    low, high = flat.min(), flat.max()
+    span = torch.clamp(high - low, min=1e-30)
+    index = ((flat - low) / span * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+    counts = torch.bincount(index, minlength=HISTOGRAM_BINS).float()
+    head = torch.stack([low, high, flat.new_tensor(float(flat.numel())), flat.sum(), flat.square().sum()])
+    return torch.cat([head, counts])  # (5 + bins,)

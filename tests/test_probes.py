@@ -1,0 +1,116 @@
+"""Probes against values computed directly (numpy and retained gradients) on a tiny network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compose
+
+from bnlab.models import build_model
+from bnlab.probes import Probes, percentiles, saturated_mask
+
+
+def _tiny(activation="sigmoid", norm="bnlab", position="before_act"):
+    cfg = compose("model.depth=3", "model.width=6", f"model.activation={activation}", f"norm={norm}",
+                  f"norm.position={position}")
+    torch.manual_seed(0)
+    return build_model(cfg.model, cfg.norm, (5,), 4).double()
+
+
+def _direct(net, x, y):
+    """Forward by hand, block by block, keeping z (layer output) and the nonlinearity's input and output."""
+    zs, pres, posts = [], [], []
+    h = x
+    for block in net.blocks:
+        z = block.weight_layer(h)
+        z.retain_grad()
+        pre = block.norm(z) if block.norm_first else z
+        post = block.act(pre)
+        h = block.norm(post) if not block.norm_first else post
+        zs.append(z), pres.append(pre), posts.append(post)
+    logits = net.classifier(h)
+    logits.retain_grad()
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    return zs + [logits], pres, posts
+
+
+@pytest.mark.parametrize("activation,norm,position", [
+    ("sigmoid", "bnlab", "before_act"), ("tanh", "none", "before_act"),
+    ("relu", "bnlab", "after_act"), ("gelu", "torch", "before_act"),
+])
+def test_every_statistic_equals_a_direct_computation(activation, norm, position):
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 5, dtype=torch.float64) * 3, torch.randint(0, 4, (16,))
+    reference = _tiny(activation, norm, position)
+    zs, pres, posts = _direct(reference, x, y)
+
+    net = _tiny(activation, norm, position)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    probes = Probes(net)
+    probes.start(histograms=True)
+    optimizer.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    weights_before = [layer.weight.detach().clone() for layer in net.weight_layers.values()]
+    optimizer.step()
+    measured = probes.finish()
+    s = {tag: value.item() for tag, value in measured.scalars.items()}
+
+    for i, layer in enumerate(net.weight_layers.values()):
+        name = f"layer{i:02d}"
+        ref_layer = list(reference.weight_layers.values())[i]
+        assert s[f"grad_norm/output/{name}"] == pytest.approx(np.linalg.norm(zs[i].grad.numpy()), rel=1e-10)
+        assert s[f"grad_norm/weight/{name}"] == pytest.approx(np.linalg.norm(ref_layer.weight.grad.numpy()), rel=1e-10)
+        w_after = layer.weight.detach().numpy()
+        assert s[f"weight_norm/{name}"] == pytest.approx(np.linalg.norm(w_after), rel=1e-10)
+        step = np.linalg.norm(w_after - weights_before[i].numpy())
+        assert step == pytest.approx(0.5 * np.linalg.norm(ref_layer.weight.grad.numpy()), rel=1e-8)  # plain SGD
+        assert s[f"update_ratio/{name}"] == pytest.approx(step / np.linalg.norm(w_after), rel=1e-10)
+    for i, (pre, post) in enumerate(zip(pres, posts, strict=True)):
+        name, pre, post = f"layer{i:02d}", pre.detach().numpy(), post.detach().numpy()
+        assert s[f"preact/mean/{name}"] == pytest.approx(pre.mean(), rel=1e-10, abs=1e-12)
+        assert s[f"preact/std/{name}"] == pytest.approx(pre.std(), rel=1e-10)
+        for key, q in (("p15", 15), ("p50", 50), ("p85", 85)):
+            assert s[f"preact/{key}/{name}"] == pytest.approx(np.percentile(pre, q), rel=1e-10, abs=1e-12)
+        assert s[f"act/mean/{name}"] == pytest.approx(post.mean(), rel=1e-10, abs=1e-12)
+        assert s[f"act/std/{name}"] == pytest.approx(post.std(), rel=1e-10)
+        flat = {"sigmoid": (post < 0.01) | (post > 0.99), "tanh": np.abs(post) > 0.99, "relu": post == 0,
+                "gelu": pre < -3}[activation]
+        assert s[f"act/saturated/{name}"] == pytest.approx(flat.mean(), abs=1e-12)
+    assert "preact/layer03" not in measured.histograms and "preact/layer02" in measured.histograms
+    assert "grad/weight/layer03" in measured.histograms
+    assert "preact/mean/layer03" not in s  # the classifier has no nonlinearity
+
+
+def test_hooks_are_gone_after_finish_so_unlogged_steps_cost_nothing():
+    net = _tiny()
+    probes = Probes(net)
+    probes.start()
+    net(torch.randn(8, 5, dtype=torch.float64)).sum().backward()
+    probes.finish()
+    for module in net.modules():
+        assert not module._forward_hooks
+
+
+def test_vanished_gradients_are_measured_not_rounded_to_zero():
+    # Per-element values of 1e-25 square to 1e-50, below float32's range: the norm must still be right.
+    from bnlab.probes import norm
+
+    g = torch.full((64, 128), 1e-25, dtype=torch.float32)
+    assert norm(g).item() == pytest.approx(1e-25 * np.sqrt(64 * 128), rel=1e-6)
+
+
+def test_percentiles_match_numpy_linear_interpolation():
+    x = torch.randn(1001, dtype=torch.float64)
+    got = percentiles(x, [0.0, 0.15, 0.5, 0.85, 1.0])
+    assert np.allclose(got.numpy(), np.percentile(x.numpy(), [0, 15, 50, 85, 100]), rtol=0, atol=1e-12)
+
+
+def test_saturation_thresholds():
+    y = torch.tensor([0.005, 0.5, 0.995])
+    assert saturated_mask("sigmoid", y, y).tolist() == [True, False, True]
+    assert saturated_mask("tanh", y, torch.tensor([-0.999, 0.0, 0.98])).tolist() == [True, False, False]
+    assert saturated_mask("relu", y, torch.tensor([0.0, 0.1, 0.0])).tolist() == [True, False, True]
+    assert saturated_mask("linear", y, y).tolist() == [False, False, False]
