@@ -3,9 +3,11 @@
 Returns numbers only; scripts/bench_bn.py and `bnlab bench bn` print them.
 
 Timing: at each shape both layers run in the same process, interleaved repeat by repeat (the
-order alternates); each arm reports the median over repeats of the mean time per
-forward+backward step. The ratio is the median over repeats of bnlab / torch within the same
-repeat, so load from other processes, which drifts over seconds, hits both sides of each ratio.
+order alternates). A repeat times each forward+backward step on its own and keeps the median
+step: on a shared 2-core machine, any other busy process stalls a 2-thread OpenMP barrier for a
+scheduler slice (steps of 0.2 ms were seen taking 20-700 ms), and a mean per repeat measured
+those stalls rather than the kernels. Each arm reports the median over repeats; the ratio is the
+median over repeats of bnlab / torch within the same repeat, so slow drifts in load hit both.
 
 Peak memory: torch.profiler with profile_memory=True records every allocation and free made by
 the CPU allocator (including temporaries inside torch's own kernel, which a dispatch-level count
@@ -45,6 +47,7 @@ class BenchRow:
     torch_peak_bytes: int
     bnlab_peak_bytes: int
     peak_ratio: float  # bnlab / torch
+    noisy: bool  # the median step of an arm took over twice its fastest: the machine was busy
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,8 @@ def bench_bn(shapes=DEFAULT_SHAPES, repeats: int = 7, min_repeat_s: float = 0.05
     finally:
         torch.set_num_threads(previous_threads)
     rows = [BenchRow(shape, _layer_classes(shape)[0].__name__, torch_ms, bnlab_ms, ratio,
-                     torch_peak, bnlab_peak, bnlab_peak / max(torch_peak, 1))
-            for shape, (torch_ms, bnlab_ms, ratio), (torch_peak, bnlab_peak)
+                     torch_peak, bnlab_peak, bnlab_peak / max(torch_peak, 1), noisy)
+            for shape, (torch_ms, bnlab_ms, ratio, noisy), (torch_peak, bnlab_peak)
             in zip(shapes, times, peaks, strict=True)]
     ratios = [row.ratio for row in rows]
     geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
@@ -110,21 +113,26 @@ class _Setup:
         self.forward_backward(name)
 
 
-def _time_shape(setup: _Setup, repeats: int, min_repeat_s: float) -> tuple[float, float, float]:
-    """Median ms per forward+backward step of (torch, bnlab) and the median paired ratio."""
+def _time_shape(setup: _Setup, repeats: int, min_repeat_s: float) -> tuple[float, float, float, bool]:
+    """Median ms per step of (torch, bnlab), the median paired ratio, and whether stalls showed."""
     for name in setup.arms:  # warm up allocator caches and lazy initialization
         for _ in range(3):
             setup.step(name)
     iterations = _iterations_for(lambda: setup.step("torch"), min_repeat_s)
     times: dict[str, list[float]] = {"torch": [], "bnlab": []}
+    all_steps: dict[str, list[float]] = {"torch": [], "bnlab": []}
     for repeat in range(repeats):
         for name in ("torch", "bnlab") if repeat % 2 == 0 else ("bnlab", "torch"):
-            start = time.perf_counter()
+            steps = []
             for _ in range(iterations):
+                start = time.perf_counter()
                 setup.step(name)
-            times[name].append((time.perf_counter() - start) / iterations * 1e3)
+                steps.append(time.perf_counter() - start)
+            times[name].append(statistics.median(steps) * 1e3)
+            all_steps[name] += steps
     ratio = statistics.median(b / t for t, b in zip(times["torch"], times["bnlab"], strict=True))
-    return statistics.median(times["torch"]), statistics.median(times["bnlab"]), ratio
+    noisy = any(statistics.median(steps) > 2 * min(steps) for steps in all_steps.values())
+    return statistics.median(times["torch"]), statistics.median(times["bnlab"]), ratio, noisy
 
 
 def _peak_shape(setup: _Setup) -> tuple[int, int]:
@@ -138,11 +146,13 @@ def _peak_shape(setup: _Setup) -> tuple[int, int]:
 
 
 def _iterations_for(fn, min_seconds: float) -> int:
-    """Enough calls of fn that one repeat lasts at least min_seconds."""
-    start = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - start, 1e-6)
-    return max(1, math.ceil(min_seconds / one))
+    """Enough calls of fn that one repeat lasts at least min_seconds (fastest of 5 calls as the unit)."""
+    durations = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        durations.append(time.perf_counter() - start)
+    return max(1, math.ceil(min_seconds / max(min(durations), 1e-6)))
 
 
 def _peak_bytes(fn) -> int:

@@ -54,7 +54,8 @@ def train(ctx: typer.Context) -> None:
     [bold]bnlab train resume=RUN_OR_SWEEP_DIR[/], [bold]bnlab train --cfg job[/], [bold]bnlab train --hydra-help[/].
     Keys: model.{depth,width,activation,init,residual}, norm.{eps,momentum,position},
     data.{batch_size,root,download}, optim.{lr,momentum,weight_decay,l1,grad_clip},
-    train.{steps,seed,device,eval_every,checkpoint_every,on_divergence}, log.{enabled,every,hist_every,image_every}.
+    train.{steps,seed,device,eval_every,checkpoint_every,on_divergence},
+    log.{enabled,every,hist_every,image_every}.
     """
 
     def action() -> int:
@@ -159,6 +160,30 @@ def tb(
         stop(server)
         raise BnlabError(f"TensorBoard exited on its own (exit code {code}); it said:\n"
                          f"{output or '(nothing)'}")
+
+    _guarded(action)
+
+
+@app.command()
+def bench(
+    which: Annotated[str, typer.Argument(help="bn, telemetry, loop, experience, or all")] = "all",
+    repeats: Annotated[int, typer.Option(help="interleaved repeats per measurement (median)")] = 5,
+) -> None:
+    """Measure the performance targets; each figure is a ratio measured side by side in this process."""
+
+    def action() -> int:
+        from bnlab.bench import BENCHES, machine
+        from bnlab.display import print_bench
+        from bnlab.errors import ConfigError
+
+        chosen = list(BENCHES) if which == "all" else [which]
+        unknown = [name for name in chosen if name not in BENCHES]
+        if unknown:
+            raise ConfigError(f"unknown benchmark {which!r}; expected one of: {', '.join(BENCHES)}, all")
+        for name in chosen:  # a target that falls short is a finding shown in the table, not an error
+            rows = BENCHES[name]() if name == "experience" else BENCHES[name](repeats=repeats)
+            print_bench(console, rows, machine())
+        return 0
 
     _guarded(action)
 

@@ -71,3 +71,15 @@ def print_sweep(console: Console, sweep_dir: Path) -> int:
     if any(run.status == "interrupted" for run in runs):
         return 130
     return 1 if any(run.status in ("failed", "damaged") for run in runs) else 0
+
+
+def print_bench(console: Console, rows, machine: str) -> None:
+    """One benchmark's rows: the figure, the target, pass or fall short, and the machine."""
+    table = Table(title=f"bnlab bench {rows[0].group}" if rows else "bnlab bench", title_justify="left",
+                  caption=machine, caption_justify="left")
+    for column in ("measure", "figure", "target", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        result = "[green]pass[/]" if row.passed else "[red]falls short[/]"
+        table.add_row(row.name, f"{row.figure:.3g} {row.unit}", row.target, result, row.detail)
+    console.print(table)

@@ -11,11 +11,18 @@ images show what the scalar charts cannot: the whole depth profile at one step.
 
 By default about ten images a run (step 0, the last step, and evenly in between);
 `log.image_every` sets the interval in steps instead.
+
+Drawing three figures costs ~0.3 s of CPU, as much as dozens of training steps. So the
+figures are drawn in one child process (no torch there, and no shared GIL with the
+training loop) while training goes on; the finished PNGs are written by the run's own
+writer as they come back, and `close` waits for the last ones before the writer closes.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 
 from bnlab import figures, plots
 
@@ -32,11 +39,14 @@ def image_interval(total_steps: int, log_every: int, images: int = IMAGES_PER_RU
 class ImageLog:
     """Renders a run's profile and Figure-1 images at image steps, and remembers which steps it rendered."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, background: bool = True):
         self.every = int(cfg.log.every)
         self.interval = int(cfg.log.image_every or image_interval(cfg.train.steps, self.every))
         self.title = plots.run_title(cfg.model.name, cfg.norm.name, cfg.model.activation, cfg.model.depth)
         self.steps: list[int] = []
+        self.background = background
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def due(self, step: int, total_steps: int) -> bool:
         """Step 0, the last step, and the first telemetry step at or after each multiple of the interval."""
@@ -50,13 +60,34 @@ class ImageLog:
 
     def render(self, writer, step: int, initial: dict[str, float], current: dict[str, float],
                history: list[tuple[int, dict[str, float]]]) -> None:
-        """Draw the three images for `step` and hand them to `writer`."""
-        for tag, figure in (("profile/gradients", self.gradients(step, initial, current)),
-                            ("profile/activations", self.activations(step, current)),
-                            ("figure1/last_hidden", self.figure1(step, current, history))):
-            data, width, height = plots.png(figure)
-            writer.image_png(tag, data, step, width, height)
+        """Draw the three images for `step` (in the background) and hand them to `writer`."""
+        self._write_finished(writer, wait=False)
+        if self.background:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pending.append(self._pool.submit(self.draw, step, initial, current, history))
+        else:
+            _write(writer, self.draw(step, initial, current, history))
         self.steps.append(step)
+
+    def close(self, writer) -> None:
+        """Write every image still being drawn, then stop the drawing process."""
+        self._write_finished(writer, wait=True)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _write_finished(self, writer, wait: bool) -> None:
+        while self._pending and (wait or self._pending[0].done()):
+            _write(writer, self._pending.pop(0).result())
+
+    def draw(self, step: int, initial: dict[str, float], current: dict[str, float],
+             history: list[tuple[int, dict[str, float]]]) -> list[tuple[str, int, tuple[bytes, int, int]]]:
+        """The three images of `step` as (tag, step, (png, width, height))."""
+        return [(tag, step, plots.png(figure)) for tag, figure in (
+            ("profile/gradients", self.gradients(step, initial, current)),
+            ("profile/activations", self.activations(step, current)),
+            ("figure1/last_hidden", self.figure1(step, current, history)))]
 
     def gradients(self, step: int, initial: dict[str, float], current: dict[str, float]):
         now_output, now_weight = figures.profile(current, OUTPUT), figures.profile(current, WEIGHT)
@@ -84,11 +115,20 @@ class ImageLog:
         title = f"{self.title}\n{layer} (last hidden layer): preactivation percentiles over steps 0–{step}"
         return plots.bands_figure([plots.Band("", steps, band["p15"], band["p50"], band["p85"])], title)
 
+    def __getstate__(self) -> dict:
+        # What the drawing process needs of this object: not its pool or pending futures.
+        return {**self.__dict__, "_pool": None, "_pending": []}
+
     def state_dict(self) -> dict:
         return {"steps": list(self.steps)}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = list(state.get("steps", []))
+
+
+def _write(writer, images) -> None:
+    for tag, step, (data, width, height) in images:
+        writer.image_png(tag, data, step, width, height)
 
 
 def _fmt(value: float, spec: str = ".2e") -> str:

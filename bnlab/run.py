@@ -127,7 +127,9 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
             record["diverged_at"], record["skipped_steps"] = state["diverged_at"], state["skipped_steps"]
         else:
             writer.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
-            writer.hparams_start(_hparams(cfg), list(HPARAM_METRICS))
+            varied = {o.split("=", 1)[0].lstrip("+~") for o in record["overrides"]}
+            varied |= {f"{group}.name" for group in ("model", "norm", "data", "optim") if group in varied}
+            writer.hparams_start(_hparams(cfg), list(HPARAM_METRICS), varied)
         record["steps"] = start
         status = _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start,
                        checkpoint_path, lambda step: _checkpoint_state(model, optimizer, sampler, telemetry,
@@ -144,6 +146,10 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
     record["status"] = status
     record["finished"] = _now()
     if telemetry is not None:
+        try:
+            telemetry.close()
+        except Exception:  # a figure that could not be drawn must not cost the run its summary
+            log.error("could not write the images\n%s", traceback.format_exc())
         record["metrics"] = dict(telemetry.last)
         if telemetry.initial:
             record["figures"] = gradient_figures(telemetry.initial, telemetry.last)

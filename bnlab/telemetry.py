@@ -75,6 +75,11 @@ class Telemetry:
         if self.images is not None and self.history and not self.images.rendered(step):
             self.images.render(self.writer, step, self.initial, self.last, self.history)
 
+    def close(self) -> None:
+        """Wait for images still being drawn and write them (before the writer closes)."""
+        if self.images is not None:
+            self.images.close(self.writer)
+
     def state_dict(self) -> dict:
         return {"last": self.last, "initial": self.initial, "history": self.history,
                 "images": self.images.state_dict() if self.images is not None else None}

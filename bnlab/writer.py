@@ -68,9 +68,24 @@ class RunWriter:
             categories[category][family] = ["Multiline", [rf"^{re.escape(family)}/layer\d+$"]]
         self._writer.add_custom_scalars(dict(categories))
 
-    def hparams_start(self, hparams: dict, metric_tags: list[str]) -> None:
-        """Declare the run's hyperparameters and which scalar tags are its metrics."""
+    def hparams_start(self, hparams: dict, metric_tags: list[str], varied: set[str] = frozenset()) -> None:
+        """Declare the run's hyperparameters and which scalar tags are its metrics.
+
+        `varied` (the keys the user overrode) are marked as differing and listed first: TensorBoard's
+        HParams view shows the differing ones before the rest, so a sweep's table opens on what it swept.
+        """
+        from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
         experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(metric_tags, 0.0))
+        value = experiment.value[0]
+        content = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        infos = sorted(content.experiment.hparam_infos, key=lambda info: (info.name not in varied, info.name))
+        for info in infos:
+            info.differs = info.name in varied
+        del content.experiment.hparam_infos[:]
+        content.experiment.hparam_infos.extend(infos)
+        content.version = metadata.PLUGIN_DATA_VERSION
+        value.metadata.plugin_data.content = content.SerializeToString()
         self._events.add_summary(experiment)
         self._events.add_summary(session_start)
 

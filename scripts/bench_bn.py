@@ -21,18 +21,22 @@ def main() -> None:
     report = bench_bn(repeats=args.repeats, min_repeat_s=args.min_repeat_s, threads=args.threads)
     console = Console()
     console.print(f"CPU: {report.cpu} | threads: {report.threads} | torch {report.torch_version} | "
-                  f"float32, train mode, forward+backward, median of {args.repeats} interleaved repeats")
+                  f"float32, train mode, forward+backward; median step per repeat, median of {args.repeats} "
+                  f"interleaved repeats")
     table = Table(title="bnlab BatchNorm vs torch (ratio = bnlab / torch)")
     for column in ("layer", "shape", "torch ms", "bnlab ms", "time ratio", "peak mem ratio"):
         table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
     for row in report.rows:
         table.add_row(row.layer, "x".join(map(str, row.shape)), f"{row.torch_ms:.3f}", f"{row.bnlab_ms:.3f}",
-                      f"{row.ratio:.2f}", f"{row.peak_ratio:.2f}")
+                      f"{row.ratio:.2f}" + (" (noisy)" if row.noisy else ""), f"{row.peak_ratio:.2f}")
     console.print(table)
     verdict = ("[green]meets the target[/green]" if report.meets_target
                else "[red]falls short of the target[/red]")
-    console.print(f"geometric mean time ratio {report.geomean_ratio:.2f} (target <= {TARGET_GEOMEAN}), "
-                  f"worst {report.worst_ratio:.2f} (target <= {TARGET_WORST}), worst peak-memory ratio "
+    if any(row.noisy for row in report.rows):
+        console.print("[yellow]noisy: other processes stalled some steps (median step > 2x the fastest); "
+                      "rerun on an idle machine before trusting those rows[/yellow]")
+    console.print(f"geometric mean time ratio {report.geomean_ratio:.3f} (target <= {TARGET_GEOMEAN}), "
+                  f"worst {report.worst_ratio:.3f} (target <= {TARGET_WORST}), worst peak-memory ratio "
                   f"{report.worst_peak_ratio:.2f} (target <= {TARGET_PEAK_RATIO}): {verdict}")
 
 

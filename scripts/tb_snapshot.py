@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python scripts/tb_snapshot.py RUNS_DIR [--out docs/images] [--wait-ms 20000]
                                                 [--views images custom_scalars hparams] [--image-filter REGEX]
+                                                [--scale 1]
 
 Starts TensorBoard on RUNS_DIR at a free port on 127.0.0.1 (bnlab.tb), opens each view
 in headless Chromium (Debian's `chromium` package), writes tensorboard_<view>.png to
@@ -35,10 +36,10 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
-def screenshot(chromium: str, url: str, path: Path, wait_ms: int) -> None:
+def screenshot(chromium: str, url: str, path: Path, wait_ms: int, scale: float = 1.0) -> None:
     """One page to PNG; virtual time lets the page's requests and rendering finish before the shot."""
     with tempfile.TemporaryDirectory(prefix="bnlab-chromium-") as profile:
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--force-device-scale-factor={scale}",
                    f"--virtual-time-budget={wait_ms}", f"--screenshot={path}", url]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120 + wait_ms / 1000)
     if done.returncode != 0 or not path.is_file():
@@ -52,6 +53,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="where the PNGs go")
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
     parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time each page gets to render")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="device pixels per CSS pixel: 2 shows TensorBoard's half-size images at full size")
     parser.add_argument("--image-filter", default="gradients",
                         help="tag regex for the Images view: matching images come first ('' for none)")
     args = parser.parse_args()
@@ -74,7 +77,7 @@ def main() -> int:
             fragment = view
             if view == "images" and args.image_filter:
                 fragment += "&tagFilter=" + urllib.parse.quote(args.image_filter, safe="")
-            screenshot(chromium, f"{server.url}?darkMode=false#{fragment}", path, args.wait_ms)
+            screenshot(chromium, f"{server.url}?darkMode=false#{fragment}", path, args.wait_ms, args.scale)
             print(f"wrote {path}")
     except (BnlabError, subprocess.TimeoutExpired) as error:
         print(f"error: {error}", file=sys.stderr)

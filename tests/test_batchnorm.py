@@ -93,6 +93,25 @@ def test_bias_false_matches_torch():
     assert_same_step(ours, ref, make_input("NC"))
 
 
+@pytest.mark.parametrize("shape_name", ["NCL", "NCHW", "channels_last"])
+def test_parity_with_two_step_channel_sums(monkeypatch, shape_name):
+    monkeypatch.setattr(bnf, "TWO_STEP_SUM_MIN_NUMEL", 0)  # the path large inputs take
+    ours, ref = make_pair(SHAPES[shape_name])
+    for _ in range(2):
+        assert_same_step(ours, ref, make_input(shape_name))
+
+
+@pytest.mark.parametrize("x_format, grad_format", [(torch.channels_last, torch.contiguous_format),
+                                                   (torch.contiguous_format, torch.channels_last)])
+def test_memory_formats_follow_torch(x_format, grad_format):
+    ours, ref = make_pair((4, C, 3, 3))
+    x = make_input("NCHW").contiguous(memory_format=x_format)
+    grad_out = torch.randn_like(x).contiguous(memory_format=grad_format)
+    (y, dx, _), (y_ref, dx_ref, _) = run_step(ours, x, grad_out), run_step(ref, x, grad_out)
+    assert y.stride() == y_ref.stride() and dx.stride() == dx_ref.stride()
+    torch.testing.assert_close(dx, dx_ref, **TOL64)
+
+
 def test_parameter_gradients_without_input_gradient():
     ours, ref = make_pair(SHAPES["NCL"])
     x = make_input("NCL")

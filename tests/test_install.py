@@ -9,7 +9,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from bnlab.aggregate import mean_interval, t_quantile, two_sided_t_cdf
 from bnlab.cli import app
 from bnlab.errors import ConfigError, RunFileError
 from bnlab.launch import plan, run_hydra
-from bnlab.readback import event_files
+from bnlab.readback import event_files, load_run
 from bnlab.report import build_report
 
 TINY = ["train.steps=30", "model.depth=4", "model.width=16", "train.eval_every=10", "log.hist_every=1000",
@@ -169,7 +169,7 @@ def test_unfinished_diverged_and_damaged_runs_are_reported_as_such(runs, report)
     notes = "\n".join(report.notes)
     assert f"`{runs['live'].resolve()}`" in notes and "unfinished (status running" in notes
     assert "last record at step 30/30" in notes  # from the event files: its summary.json says 20 steps
-    assert f"`{runs['diverged'].resolve()}`" in notes and "diverged at step" in notes
+    assert f"`{runs['diverged'].resolve()}`" in notes and "diverged, at step 2/30" in notes
     assert len(report.notes) == 2
     assert any(str(runs["damaged"].resolve()) in w and "damaged" in w for w in report.warnings)
     statuses = {cells["configuration"]: cells["status"]
@@ -179,6 +179,8 @@ def test_unfinished_diverged_and_damaged_runs_are_reported_as_such(runs, report)
     assert diverged.endswith("(partial)") and statuses[diverged] == "1 diverged"
     markdown = report.markdown.read_text()
     assert "## Runs that did not complete" in markdown and "## Skipped or incomplete" in markdown
+    card = load_run(runs["diverged"]).text("run_card")  # written at divergence too, before the writer closed
+    assert card.startswith("**diverged** after 2/30 steps") and "NaN/Inf at step 2" in card
 
 
 def test_cli_report_with_a_layer_and_an_output_directory(runs, tmp_path):

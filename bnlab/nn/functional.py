@@ -14,11 +14,25 @@ from torch import Tensor
 
 # Half-precision inputs are normalized with float32 statistics, as torch does.
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+# From this many elements on, channels-first tensors are reduced in two steps (see _channel_sum).
+TWO_STEP_SUM_MIN_NUMEL = 1 << 20
 
 
 def _reduce_dims(x: Tensor) -> tuple[int, ...]:
     """Every dim but the channel dim: (0, 2, 3, ...)."""
     return (0, *range(2, x.dim()))
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Sum over every dim but the channel dim: (N, C, *) -> (C,).
+
+    Large channels-first tensors are summed over their contiguous spatial rows first: one
+    reduction over (0, 2, 3) ran ~2x slower at (128, 256, 8, 8); below ~1M elements the extra
+    op costs more than it saves.
+    """
+    if t.dim() > 2 and t.numel() >= TWO_STEP_SUM_MIN_NUMEL and t.is_contiguous():
+        return t.view(t.shape[0], t.shape[1], -1).sum(2).sum(0)  # (N, C) then (C,)
+    return t.sum(_reduce_dims(t))
 
 
 def _bcast(t: Tensor, x: Tensor) -> Tensor:
@@ -62,12 +76,12 @@ def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     and scale = weight * invstd.
     """
     xc = _to(x, _compute_dtype(x))
-    dims = _reduce_dims(x)
-    mean = xc.mean(dims)  # (C,)
+    count = x.numel() // x.shape[1]
+    mean = _channel_sum(xc).div_(count)  # (C,)
     # Two passes (mean first, then squared deviations) keep the variance exact for inputs whose
     # mean is large against their spread; E[x^2] - E[x]^2 would cancel catastrophically.
     y = torch.sub(xc, _bcast(mean, x))  # (N, C, *) x - mean; this buffer becomes the output
-    var = y.square_().mean(dims)  # (C,)
+    var = _channel_sum(y.square_()).div_(count)  # (C,)
     invstd = torch.rsqrt(var + eps)
     scale, shift = _scale_shift(x, mean, invstd, weight, bias)
     torch.addcmul(shift, xc, _bcast(scale, x), out=y)  # one fused multiply-add per element
@@ -84,11 +98,12 @@ def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: 
     """
     dtype = _compute_dtype(x)
     dyc, xc = _to(dy, dtype), _to(x, dtype)
-    dims, count = _reduce_dims(x), x.numel() // x.shape[1]
-    grad_bias = dyc.sum(dims)  # (C,) sum(dy)
-    # Centre x before the product (as torch does) so that a large mean does not cancel.
-    dx = torch.sub(xc, _bcast(mean, x))  # (N, C, *) x - mean; this buffer becomes dx
-    grad_weight = dx.mul_(dyc).sum(dims).mul_(invstd)  # (C,) sum(dy * x_hat)
+    count = x.numel() // x.shape[1]
+    grad_bias = _channel_sum(dyc)  # (C,) sum(dy)
+    # sum(dy * (x - mean)) as sum(dy * x) - mean * sum(dy) saves a full pass; its rounding error
+    # grows with |mean| / std just as the float32 mean's own does (measured within 2x of torch's).
+    dx = torch.mul(xc, dyc)  # (N, C, *) laid out like x; this buffer becomes dx below
+    grad_weight = torch.addcmul(_channel_sum(dx), mean, grad_bias, value=-1).mul_(invstd)  # sum(dy * x_hat)
     if not need_dx:
         return None, grad_weight, grad_bias
     k = scale * (-1 / count)

@@ -1,0 +1,195 @@
+"""The performance targets, measured: telemetry cost, the loop against a plain script, the experience.
+
+Every figure is a ratio of two things measured in the same process, interleaved repeat by repeat
+(the order alternates), median of repeats: these machines are shared, so only side-by-side ratios
+mean anything. Returns rows of numbers; the CLI and scripts print them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    group: str
+    name: str
+    figure: float
+    unit: str
+    target: str
+    passed: bool
+    detail: str = ""
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def interleaved(arms: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each arm per repeat, arms run one after another in alternating order."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            arms[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def _trainer(overrides: list[str], work: Path):
+    """A callable that runs bnlab's real training function once in a fresh directory."""
+    from bnlab.launch import compose_config
+    from bnlab.run import train
+
+    cfg = compose_config(overrides)
+    counter = iter(range(10**6))
+
+    def run() -> None:
+        run_dir = work / f"run{next(counter)}"
+        run_dir.mkdir(parents=True)
+        images = None
+        if cfg.log.enabled:
+            from bnlab.images import ImageLog
+
+            images = ImageLog(cfg)
+        result = train(cfg, run_dir, overrides, images=images)
+        assert result.status == "completed", result.error
+
+    return run
+
+
+def bench_telemetry(steps: int = 1000, repeats: int = 5) -> list[TargetRow]:
+    """Default telemetry and everything-every-step against telemetry off, on the default run."""
+    base = [f"train.steps={steps}"]
+    with tempfile.TemporaryDirectory() as work:
+        arms = {
+            "off": _trainer(base + ["log.enabled=false"], Path(work) / "off"),
+            "default": _trainer(base, Path(work) / "default"),
+            "every_step": _trainer(base + ["log.every=1", "log.hist_every=1"], Path(work) / "every"),
+        }
+        times = interleaved(arms, repeats)
+    default = median_ratio(times["default"], times["off"])
+    every = median_ratio(times["every_step"], times["off"])
+    per_step_ms = statistics.median(times["off"]) / steps * 1e3
+    return [
+        TargetRow("telemetry", "default log.every, histograms, images vs off", (default - 1) * 100, "% more",
+                  "<= 5%", default <= 1.05, f"{per_step_ms:.2f} ms/step with telemetry off"),
+        TargetRow("telemetry", "every statistic at every step vs off", (every - 1) * 100, "% more", "<= 50%",
+                  every <= 1.50, "log.every=1 log.hist_every=1"),
+    ]
+
+
+def _plain_script(overrides: list[str], steps: int):
+    """The usual hand-written PyTorch loop: DataLoader over a TensorDataset, same model and optimizer."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bnlab.data import load_dataset
+    from bnlab.launch import compose_config
+    from bnlab.models import build_model
+
+    cfg = compose_config(overrides)
+
+    def run() -> None:
+        torch.manual_seed(cfg.train.seed)
+        data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=cfg.model.name == "mlp")
+        model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+        loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.data.batch_size,
+                            shuffle=True, drop_last=True)
+        step = 0
+        while step < steps:
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step == steps:
+                    break
+
+    return run
+
+
+def bench_loop(steps: int = 500, repeats: int = 5) -> list[TargetRow]:
+    rows = []
+    for label, overrides in (("default MLP", []), ("CNN", ["model=cnn"])):
+        overrides = overrides + [f"train.steps={steps}"]
+        with tempfile.TemporaryDirectory() as work:
+            arms = {"plain": _plain_script(overrides, steps),
+                    "bnlab": _trainer(overrides + ["log.enabled=false"], Path(work))}
+            times = interleaved(arms, repeats)
+        ratio = median_ratio(times["plain"], times["bnlab"])
+        rows.append(TargetRow("loop", f"{label}: plain DataLoader script time / bnlab trainer time", ratio, "x",
+                              ">= 1.0", ratio >= 1.0,
+                              f"bnlab {statistics.median(times['bnlab']) / steps * 1e3:.2f} ms/step, "
+                              f"plain {statistics.median(times['plain']) / steps * 1e3:.2f} ms/step"))
+    return rows
+
+
+def _wall(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bench_experience(reproduce: bool = True) -> list[TargetRow]:
+    """Start-up of `bnlab --help`, the default `bnlab train`, and `bnlab reproduce vanishing` (full size)."""
+    bnlab = str(Path(sys.executable).parent / "bnlab")
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        helps = [_wall([bnlab, "--help"], work) for _ in range(5)]
+        rows.append(TargetRow("experience", "bnlab --help", statistics.median(helps), "s", "< 1 s",
+                              statistics.median(helps) < 1.0, "median of 5"))
+        seconds = _wall([bnlab, "train"], work)
+        rows.append(TargetRow("experience", "bnlab train (default, start-up included)", seconds, "s", "< 30 s",
+                              seconds < 30))
+        if reproduce:
+            seconds = _wall([bnlab, "reproduce", "vanishing"], work)
+            rows.append(TargetRow("experience", "bnlab reproduce vanishing (full size)", seconds, "s", "< 120 s",
+                                  seconds < 120))
+    return rows
+
+
+def bench_bn_rows(repeats: int = 7) -> list[TargetRow]:
+    from bnlab.bench_bn import TARGET_GEOMEAN, TARGET_PEAK_RATIO, TARGET_WORST, bench_bn
+
+    report = bench_bn(repeats=repeats)
+    rows = [TargetRow("bn", f"{row.layer} {'x'.join(map(str, row.shape))}: bnlab / torch time", row.ratio, "x",
+                      f"<= {TARGET_WORST}", row.ratio <= TARGET_WORST,
+                      f"torch {row.torch_ms:.3f} ms, bnlab {row.bnlab_ms:.3f} ms, peak memory ratio "
+                      f"{row.peak_ratio:.2f}" + (" (noisy)" if row.noisy else ""))
+            for row in report.rows]
+    rows.append(TargetRow("bn", "geometric mean of time ratios", report.geomean_ratio, "x",
+                          f"<= {TARGET_GEOMEAN}", report.geomean_ratio <= TARGET_GEOMEAN))
+    rows.append(TargetRow("bn", "worst peak-memory ratio (bnlab / torch)", report.worst_peak_ratio, "x",
+                          f"<= {TARGET_PEAK_RATIO}", report.worst_peak_ratio <= TARGET_PEAK_RATIO))
+    return rows
+
+
+BENCHES = {"bn": bench_bn_rows, "telemetry": bench_telemetry, "loop": bench_loop, "experience": bench_experience}
