@@ -21,8 +21,6 @@ writer as they come back, and `close` waits for the last ones before the writer 
 from __future__ import annotations
 
 import math
-import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
 
 from bnlab import figures, plots
 
@@ -45,8 +43,7 @@ class ImageLog:
         self.title = plots.run_title(cfg.model.name, cfg.norm.name, cfg.model.activation, cfg.model.depth)
         self.steps: list[int] = []
         self.background = background
-        self._pool: ProcessPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._drawer = None  # bnlab.drawer.Drawer, started at the first image
 
     def due(self, step: int, total_steps: int) -> bool:
         """Step 0, the last step, and the first telemetry step at or after each multiple of the interval."""
@@ -61,69 +58,73 @@ class ImageLog:
     def render(self, writer, step: int, initial: dict[str, float], current: dict[str, float],
                history: list[tuple[int, dict[str, float]]]) -> None:
         """Draw the three images for `step` (in the background) and hand them to `writer`."""
-        self._write_finished(writer, wait=False)
+        job = (self.title, step, initial, current, history)
         if self.background:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            self._pending.append(self._pool.submit(self.draw, step, initial, current, history))
+            if self._drawer is None:
+                from bnlab.drawer import Drawer
+
+                self._drawer = Drawer()
+            for images in self._drawer.finished(wait=False):
+                _write(writer, images)
+            self._drawer.submit(*job)
         else:
-            _write(writer, self.draw(step, initial, current, history))
+            _write(writer, draw(*job))
         self.steps.append(step)
 
     def close(self, writer) -> None:
         """Write every image still being drawn, then stop the drawing process."""
-        self._write_finished(writer, wait=True)
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def _write_finished(self, writer, wait: bool) -> None:
-        while self._pending and (wait or self._pending[0].done()):
-            _write(writer, self._pending.pop(0).result())
-
-    def draw(self, step: int, initial: dict[str, float], current: dict[str, float],
-             history: list[tuple[int, dict[str, float]]]) -> list[tuple[str, int, tuple[bytes, int, int]]]:
-        """The three images of `step` as (tag, step, (png, width, height))."""
-        return [(tag, step, plots.png(figure)) for tag, figure in (
-            ("profile/gradients", self.gradients(step, initial, current)),
-            ("profile/activations", self.activations(step, current)),
-            ("figure1/last_hidden", self.figure1(step, current, history)))]
-
-    def gradients(self, step: int, initial: dict[str, float], current: dict[str, float]):
-        now_output, now_weight = figures.profile(current, OUTPUT), figures.profile(current, WEIGHT)
-        init_output, init_weight = figures.profile(initial, OUTPUT), figures.profile(initial, WEIGHT)
-        output = [plots.ProfileLine(init_output, "step 0", "C0", "--", 0.35),
-                  plots.ProfileLine(now_output, f"step {step}", "C0")]
-        weight = [plots.ProfileLine(init_weight, "step 0", "C1", "--", 0.35),
-                  plots.ProfileLine(now_weight, f"step {step}", "C1")]
-        note = (f"first/last: {_fmt(figures.ratio_first_last(now_output))}\n"
-                f"×{_fmt(figures.growth_factor(now_output), '.3g')} per layer")
-        return plots.gradient_figure(output, weight, f"{self.title} · step {step}", note)
-
-    def activations(self, step: int, current: dict[str, float]):
-        band = {name: figures.profile(current, f"preact/{name}") for name in plots.BAND}
-        saturated = figures.profile(current, "act/saturated")
-        return plots.activation_figure(band["p15"], band["p50"], band["p85"], saturated,
-                                       f"{self.title} · step {step}")
-
-    def figure1(self, step: int, current: dict[str, float], history: list[tuple[int, dict[str, float]]]):
-        layers = figures.hidden_layers(current)
-        layer = layers[-1] if layers else "?"
-        points = [(s, values) for s, values in history if f"preact/p50/{layer}" in values]
-        steps = [s for s, _ in points]
-        band = {name: [values[f"preact/{name}/{layer}"] for _, values in points] for name in plots.BAND}
-        title = f"{self.title}\n{layer} (last hidden layer): preactivation percentiles over steps 0–{step}"
-        return plots.bands_figure([plots.Band("", steps, band["p15"], band["p50"], band["p85"])], title)
-
-    def __getstate__(self) -> dict:
-        # What the drawing process needs of this object: not its pool or pending futures.
-        return {**self.__dict__, "_pool": None, "_pending": []}
+        if self._drawer is not None:
+            try:
+                for images in self._drawer.finished(wait=True):
+                    _write(writer, images)
+            finally:
+                self._drawer.close()
+                self._drawer = None
 
     def state_dict(self) -> dict:
         return {"steps": list(self.steps)}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = list(state.get("steps", []))
+
+
+def draw(title: str, step: int, initial: dict[str, float], current: dict[str, float],
+     history: list[tuple[int, dict[str, float]]]) -> list[tuple[str, int, tuple[bytes, int, int]]]:
+    """The three images of `step` as (tag, step, (png, width, height)); runs in the drawing process."""
+    return [(tag, step, plots.png(figure)) for tag, figure in (
+    ("profile/gradients", gradients_figure(title, step, initial, current)),
+    ("profile/activations", activations_figure(title, step, current)),
+    ("figure1/last_hidden", figure1_figure(title, step, current, history)))]
+
+
+def gradients_figure(title: str, step: int, initial: dict[str, float], current: dict[str, float]):
+    now_output, now_weight = figures.profile(current, OUTPUT), figures.profile(current, WEIGHT)
+    init_output, init_weight = figures.profile(initial, OUTPUT), figures.profile(initial, WEIGHT)
+    output = [plots.ProfileLine(init_output, "step 0", "C0", "--", 0.35),
+              plots.ProfileLine(now_output, f"step {step}", "C0")]
+    weight = [plots.ProfileLine(init_weight, "step 0", "C1", "--", 0.35),
+              plots.ProfileLine(now_weight, f"step {step}", "C1")]
+    note = (f"first/last: {_fmt(figures.ratio_first_last(now_output))}\n"
+            f"×{_fmt(figures.growth_factor(now_output), '.3g')} per layer")
+    return plots.gradient_figure(output, weight, f"{title} · step {step}", note)
+
+
+def activations_figure(title: str, step: int, current: dict[str, float]):
+    band = {name: figures.profile(current, f"preact/{name}") for name in plots.BAND}
+    saturated = figures.profile(current, "act/saturated")
+    return plots.activation_figure(band["p15"], band["p50"], band["p85"], saturated,
+                                   f"{title} · step {step}")
+
+
+def figure1_figure(title: str, step: int, current: dict[str, float],
+                   history: list[tuple[int, dict[str, float]]]):
+    layers = figures.hidden_layers(current)
+    layer = layers[-1] if layers else "?"
+    points = [(s, values) for s, values in history if f"preact/p50/{layer}" in values]
+    steps = [s for s, _ in points]
+    band = {name: [values[f"preact/{name}/{layer}"] for _, values in points] for name in plots.BAND}
+    title = f"{title}\n{layer} (last hidden layer): preactivation percentiles over steps 0–{step}"
+    return plots.bands_figure([plots.Band("", steps, band["p15"], band["p50"], band["p85"])], title)
 
 
 def _write(writer, images) -> None:

@@ -43,14 +43,14 @@ class Telemetry:
 
     def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Write this step's records: `always` (loss, lr) plus the probes' statistics."""
-        scalars: dict[str, torch.Tensor | float] = dict(always)
+        values = _to_host(always)
         histograms: dict[str, torch.Tensor] = {}
         if self._measuring:
             measurement = self.probes.finish()
-            scalars.update(measurement.scalars)
+            if measurement.tags:
+                values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
             histograms = measurement.histograms
             self._measuring = False
-        values = _to_host(scalars)
         self.writer.scalars(step, values)
         self.writer.histograms(step, histograms)
         self.last.update(values)

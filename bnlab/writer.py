@@ -27,7 +27,8 @@ class RunWriter:
     def __init__(self, run_dir: str, purge_step: int | None = None):
         # purge_step: on resume, TensorBoard drops records at steps >= purge_step written after the
         # last checkpoint by the interrupted process, so no step appears twice.
-        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10)
+        # A deep queue: at one event per step the writer thread must never make training wait for the disk.
+        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10, max_queue=1000)
         self._events = self._writer._get_file_writer()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -37,9 +38,9 @@ class RunWriter:
     def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
         if not tensors:
             return
-        rows = torch.stack([_histogram_row(t) for t in tensors.values()]).tolist()  # one host transfer
+        tags, rows = _histogram_rows(list(tensors.items()))
         values = []
-        for tag, row in zip(tensors, rows, strict=True):
+        for tag, row in zip(tags, rows.tolist(), strict=True):  # one host transfer
             low, high, count, total, total_sq, *buckets = row
             width = (high - low) / HISTOGRAM_BINS or 1.0
             limits = [low + width * (i + 1) for i in range(HISTOGRAM_BINS)]
@@ -108,12 +109,22 @@ class RunWriter:
         self._writer.close()
 
 
-def _histogram_row(values: torch.Tensor) -> torch.Tensor:
-    """[min, max, count, sum, sum of squares, bucket counts...] of `values`, computed on its device."""
-    flat = values.detach().flatten().float()  # (n,)
-    low, high = flat.min(), flat.max()
-    span = torch.clamp(high - low, min=1e-30)
-    index = ((flat - low) / span * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
-    counts = torch.bincount(index, minlength=HISTOGRAM_BINS).float()
-    head = torch.stack([low, high, flat.new_tensor(float(flat.numel())), flat.sum(), flat.square().sum()])
-    return torch.cat([head, counts])  # (5 + bins,)
+def _histogram_rows(items: list[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
+    """Per tensor: [min, max, count, sum, sum of squares, bucket counts...], computed on the device,
+    tensors of one shape stacked so that each step of the computation is one op for all of them."""
+    groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    for tag, tensor in items:
+        groups.setdefault(tuple(tensor.shape), []).append((tag, tensor))
+    tags, blocks = [], []
+    for group in groups.values():
+        flat = torch.stack([t.detach().reshape(-1).float() for _, t in group])  # (L, n)
+        low, high = flat.amin(dim=1), flat.amax(dim=1)
+        span = torch.clamp(high - low, min=1e-30)
+        index = ((flat - low[:, None]) / span[:, None] * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+        offsets = torch.arange(len(group), device=flat.device)[:, None] * HISTOGRAM_BINS
+        counts = torch.bincount((index + offsets).reshape(-1), minlength=len(group) * HISTOGRAM_BINS)
+        count = torch.full_like(low, flat.shape[1])
+        head = torch.stack([low, high, count, flat.sum(dim=1), flat.square().sum(dim=1)], dim=1)  # (L, 5)
+        blocks.append(torch.cat([head, counts.reshape(len(group), HISTOGRAM_BINS).float()], dim=1))
+        tags += [tag for tag, _ in group]
+    return tags, torch.cat(blocks)  # (tensors, 5 + bins)

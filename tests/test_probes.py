@@ -96,16 +96,18 @@ def test_hooks_are_gone_after_finish_so_unlogged_steps_cost_nothing():
 
 def test_vanished_gradients_are_measured_not_rounded_to_zero():
     # Per-element values of 1e-25 square to 1e-50, below float32's range: the norm must still be right.
-    from bnlab.probes import norm
+    from bnlab.probes import row_norms
 
     g = torch.full((64, 128), 1e-25, dtype=torch.float32)
-    assert norm(g).item() == pytest.approx(1e-25 * np.sqrt(64 * 128), rel=1e-6)
+    assert row_norms([g, 2 * g])[0].item() == pytest.approx(1e-25 * np.sqrt(64 * 128), rel=1e-6)
+    assert row_norms([g, 2 * g])[1].item() == pytest.approx(2e-25 * np.sqrt(64 * 128), rel=1e-6)
 
 
-def test_percentiles_match_numpy_linear_interpolation():
-    x = torch.randn(1001, dtype=torch.float64)
+def test_percentiles_match_numpy_linear_interpolation_row_by_row():
+    x = torch.randn(3, 1001, dtype=torch.float64)
     got = percentiles(x, [0.0, 0.15, 0.5, 0.85, 1.0])
-    assert np.allclose(got.numpy(), np.percentile(x.numpy(), [0, 15, 50, 85, 100]), rtol=0, atol=1e-12)
+    expected = np.percentile(x.numpy(), [0, 15, 50, 85, 100], axis=1).T
+    assert np.allclose(got.numpy(), expected, rtol=0, atol=1e-12)
 
 
 def test_saturation_thresholds():
