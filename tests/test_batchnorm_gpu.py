@@ -1,0 +1,92 @@
+"""bnlab's BatchNorm on a CUDA device against torch's (cuDNN) layer: the CPU parity suite's checks, on the GPU.
+
+Marked `gpu`: skipped by default and in CI (which has no GPU); run with `pytest -m gpu` where a GPU is present.
+"""
+
+import pytest
+import torch
+
+from bnlab.nn import BatchNorm1d, BatchNorm2d
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+TOL = {torch.float64: {"atol": 1e-10, "rtol": 1e-10}, torch.float32: {"atol": 1e-4, "rtol": 1e-4},
+       torch.bfloat16: {"atol": 5e-2, "rtol": 5e-2}}
+SHAPES = [(256, 1024), (60, 100), (32, 7, 9), (16, 64, 8, 8), (8, 16, 5, 5)]
+
+
+def _pair(shape, dtype, momentum=0.1, affine=True):
+    ours_cls, torch_cls = ((BatchNorm2d, torch.nn.BatchNorm2d) if len(shape) == 4
+                           else (BatchNorm1d, torch.nn.BatchNorm1d))
+    module_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    ours = ours_cls(shape[1], momentum=momentum, affine=affine, device="cuda", dtype=module_dtype)
+    ref = torch_cls(shape[1], momentum=momentum, affine=affine, device="cuda", dtype=module_dtype)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+            ours.weight.copy_(ref.weight)
+            ours.bias.copy_(ref.bias)
+    return ours, ref
+
+
+def _step(layer, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    y = layer(x)
+    y.backward(grad_out)
+    return y, x.grad, [p.grad for p in (layer.weight, layer.bias) if p is not None]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_and_eval_parity_on_cuda(shape, dtype, momentum, channels_last):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last is a 4-D layout")
+    torch.manual_seed(0)
+    ours, ref = _pair(shape, dtype, momentum)
+    tol = TOL[dtype]
+    for _ in range(3):  # several train steps: outputs, gradients, running statistics
+        x = (torch.randn(shape, device="cuda", dtype=torch.float64) * 3 + 2).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grad_out = torch.randn_like(x)
+        y, dx, grads = _step(ours, x, grad_out)
+        y_ref, dx_ref, grads_ref = _step(ref, x, grad_out)
+        torch.testing.assert_close(y, y_ref, **tol)
+        torch.testing.assert_close(dx, dx_ref, **tol)
+        for grad, grad_ref in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(grad, grad_ref, **tol)
+    buffer_tol = TOL[torch.float64] if dtype == torch.float64 else TOL[torch.float32]  # buffers are float32+
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **buffer_tol)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **buffer_tol)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    y, dx, _ = _step(ours, x, grad_out)
+    y_ref, dx_ref, _ = _step(ref, x, grad_out)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(dx, dx_ref, **tol)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_and_gradgradcheck_on_cuda(shape, training):
+    torch.manual_seed(0)
+    ours, _ = _pair(shape, torch.float64)
+    ours.train(training)
+    if not training:
+        ours.running_mean.uniform_(-1, 1)
+        ours.running_var.uniform_(0.5, 2)
+    x = torch.randn(shape, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ours(x), (x, ours.weight, ours.bias))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: ours(x), (x, ours.weight, ours.bias))
+
+
+def test_stable_variance_for_large_mean_on_cuda():
+    x = torch.randn(512, 8, device="cuda", dtype=torch.float64) + 1e4
+    layer = BatchNorm1d(8, device="cuda")
+    layer(x.float())
+    expected = x.var(dim=0, unbiased=False).float()
+    torch.testing.assert_close(layer.batch_var.float(), expected, rtol=1e-3, atol=0)
