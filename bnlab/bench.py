@@ -76,7 +76,8 @@ def _trainer(overrides: list[str], work: Path):
 
             images = ImageLog(cfg)
         result = train(cfg, run_dir, overrides, images=images)
-        assert result.status == "completed", result.error
+        if result.status != "completed":
+            raise RuntimeError(f"benchmark run ended {result.status}: {result.error}")
 
     return run
 

@@ -17,6 +17,16 @@ import sys
 import threading
 
 _FAILED = object()
+_shared: Drawer | None = None
+
+
+def shared_drawer() -> Drawer:
+    """This process's drawing child, started on first use and kept for the next run: a sweep's jobs
+    run one after another in one process, and each start costs a matplotlib import (~0.5 s)."""
+    global _shared
+    if _shared is None or _shared.pending or _shared._process.poll() is not None:
+        _shared = Drawer()
+    return _shared
 
 
 class Drawer:
@@ -48,10 +58,6 @@ class Drawer:
             self.pending -= 1
             results.append(result)
         return results
-
-    def close(self) -> None:
-        self._process.stdin.close()
-        self._process.wait(timeout=30)
 
     def _read(self) -> None:
         try:

@@ -61,9 +61,9 @@ class ImageLog:
         job = (self.title, step, initial, current, history)
         if self.background:
             if self._drawer is None:
-                from bnlab.drawer import Drawer
+                from bnlab.drawer import shared_drawer
 
-                self._drawer = Drawer()
+                self._drawer = shared_drawer()
             for images in self._drawer.finished(wait=False):
                 _write(writer, images)
             self._drawer.submit(*job)
@@ -72,14 +72,11 @@ class ImageLog:
         self.steps.append(step)
 
     def close(self, writer) -> None:
-        """Write every image still being drawn, then stop the drawing process."""
+        """Write every image still being drawn (the drawing process stays for the next run)."""
         if self._drawer is not None:
-            try:
-                for images in self._drawer.finished(wait=True):
-                    _write(writer, images)
-            finally:
-                self._drawer.close()
-                self._drawer = None
+            drawer, self._drawer = self._drawer, None
+            for images in drawer.finished(wait=True):
+                _write(writer, images)
 
     def state_dict(self) -> dict:
         return {"steps": list(self.steps)}
