@@ -1,5 +1,5 @@
 # bnlab: two commands do all the set-up on a fresh machine.
-#   make train   creates .venv if missing, installs bnlab, runs the main job
+#   make train   creates .venv if missing, installs bnlab, runs the main job (the vanishing experiment)
 #   make test    same environment, runs the linter and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.1,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup train test test-slow lint bench clean
+.PHONY: setup train pair test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The headline experiment: sigmoid and tanh MLPs at depths 2-20, with and without bnlab's BatchNorm, 3 seeds,
+# ending with its verdict table. `make pair` trains just the default pair (with / without BatchNorm).
 train: $(STAMP)
+	$(BIN)/bnlab reproduce vanishing
+	@echo
+	@echo "Open TensorBoard on every run:  $(BIN)/bnlab tb runs   (or: $(BIN)/tensorboard --logdir runs)"
+
+pair: $(STAMP)
 	$(BIN)/bnlab train
 	$(BIN)/bnlab train norm=none
 	@echo
@@ -43,6 +50,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_bn.py
+	$(BIN)/python scripts/bench.py telemetry loop experience
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

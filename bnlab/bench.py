@@ -71,7 +71,7 @@ def _trainer(overrides: list[str], work: Path):
         run_dir = work / f"run{next(counter)}"
         run_dir.mkdir(parents=True)
         images = None
-        if cfg.log.enabled:
+        if cfg.log.enabled and cfg.log.images:
             from bnlab.images import ImageLog
 
             images = ImageLog(cfg)
@@ -116,6 +116,8 @@ def _plain_script(overrides: list[str], steps: int):
     cfg = compose_config(overrides)
 
     def run() -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.train.threads or threads)  # the same threads as bnlab's trainer uses
         torch.manual_seed(cfg.train.seed)
         data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=cfg.model.name == "mlp")
         model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes)
@@ -132,6 +134,7 @@ def _plain_script(overrides: list[str], steps: int):
                 step += 1
                 if step == steps:
                     break
+        torch.set_num_threads(threads)
 
     return run
 

@@ -47,7 +47,7 @@ class BenchRow:
     torch_peak_bytes: int
     bnlab_peak_bytes: int
     peak_ratio: float  # bnlab / torch
-    noisy: bool  # the median step of an arm took over twice its fastest: the machine was busy
+    noisy: bool  # other processes stalled the steps (see _time_shape): the timings are suspect
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class BenchReport:
     geomean_ratio: float
     worst_ratio: float
     worst_peak_ratio: float
-    meets_target: bool
+    meets_target: bool  # by the numbers; trust it only when reliable
+    reliable: bool  # no row was disturbed by other processes
     cpu: str
     threads: int
     torch_version: str
@@ -83,7 +84,9 @@ def bench_bn(shapes=DEFAULT_SHAPES, repeats: int = 7, min_repeat_s: float = 0.05
     geomean = math.exp(statistics.fmean(math.log(r) for r in ratios))
     worst_peak = max(row.peak_ratio for row in rows)
     meets = geomean <= TARGET_GEOMEAN and max(ratios) <= TARGET_WORST and worst_peak <= TARGET_PEAK_RATIO
-    return BenchReport(rows, geomean, max(ratios), worst_peak, meets, cpu_model(), threads, torch.__version__)
+    reliable = not any(row.noisy for row in rows)
+    return BenchReport(rows, geomean, max(ratios), worst_peak, meets, reliable, cpu_model(), threads,
+                       torch.__version__)
 
 
 def _layer_classes(shape: tuple[int, ...]):
@@ -121,6 +124,7 @@ def _time_shape(setup: _Setup, repeats: int, min_repeat_s: float) -> tuple[float
     iterations = _iterations_for(lambda: setup.step("torch"), min_repeat_s)
     times: dict[str, list[float]] = {"torch": [], "bnlab": []}
     all_steps: dict[str, list[float]] = {"torch": [], "bnlab": []}
+    waited_start, wall_start = _cpu_wait_seconds(), time.perf_counter()
     for repeat in range(repeats):
         for name in ("torch", "bnlab") if repeat % 2 == 0 else ("bnlab", "torch"):
             steps = []
@@ -130,9 +134,24 @@ def _time_shape(setup: _Setup, repeats: int, min_repeat_s: float) -> tuple[float
                 steps.append(time.perf_counter() - start)
             times[name].append(statistics.median(steps) * 1e3)
             all_steps[name] += steps
+    wall_s = time.perf_counter() - wall_start
     ratio = statistics.median(b / t for t, b in zip(times["torch"], times["bnlab"], strict=True))
-    noisy = any(statistics.median(steps) > 2 * min(steps) for steps in all_steps.values())
+    # Stalls show as a median step far above the fastest or, when every step stalls (a spinning
+    # OpenMP barrier still burns CPU), as tasks waiting for a CPU (Linux pressure stall info).
+    waited = _cpu_wait_seconds()
+    noisy = (any(statistics.median(steps) > 2 * min(steps) for steps in all_steps.values())
+             or (waited is not None and waited_start is not None and (waited - waited_start) > 0.1 * wall_s))
     return statistics.median(times["torch"]), statistics.median(times["bnlab"]), ratio, noisy
+
+
+def _cpu_wait_seconds() -> float | None:
+    """Seconds, since boot, in which some runnable task waited for a CPU (None off Linux)."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()  # some avg10=.. avg60=.. avg300=.. total=<microseconds>
+    except OSError:
+        return None
+    return int(some[-1].split("=")[1]) / 1e6
 
 
 def _peak_shape(setup: _Setup) -> tuple[int, int]:

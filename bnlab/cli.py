@@ -120,6 +120,56 @@ def report(
     _guarded(action)
 
 
+@app.command(context_settings=HYDRA_ARGS)
+def reproduce(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="The experiment; --list shows them.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the experiments: paper, claim, expected run time.")] = (
+        False),
+    quick: Annotated[bool, typer.Option(help="A reduced sweep that measures the same quantities (for CI).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="The experiment directory (default: runs/reproduce/NAME_<date>_<time>_<random>).")] = None,
+) -> None:
+    """Run a named experiment from the papers and judge its claims: verdict table, reproduce.md, figures.
+
+    Examples: [bold]bnlab reproduce --list[/], [bold]bnlab reproduce vanishing[/],
+    [bold]bnlab reproduce vanishing --quick[/], [bold]bnlab reproduce ioffe2015_fig1 data=mnist data.download=true[/],
+    [bold]bnlab reproduce lr_tolerance train.device=cuda[/],
+    [bold]bnlab reproduce vanishing hydra/launcher=joblib hydra.launcher.n_jobs=2[/].
+    Extra arguments are Hydra overrides for every run of the experiment. The exit code is 0 whatever the
+    verdict (a claim that does not hold is a finding); 1 if a run failed.
+    """
+
+    def action() -> int:
+        from bnlab.errors import ConfigError
+
+        if list_:
+            from bnlab.reproduce import list_table
+
+            console.print(list_table())
+            return 0
+        if name is None:
+            from bnlab.experiments import EXPERIMENTS
+
+            raise ConfigError(f"name an experiment: bnlab reproduce NAME, one of {', '.join(EXPERIMENTS)} "
+                              "(bnlab reproduce --list describes them)")
+        from bnlab.reproduce import reproduce as run_experiment
+        from bnlab.reproduce import rich_table
+
+        result = run_experiment(name, list(ctx.args), quick=quick, out=out)
+        console.print(rich_table(result))
+        for note in result.not_completed:
+            console.print(f"[yellow]not completed:[/] {note}", highlight=False, soft_wrap=True)
+        for warning in result.warnings:
+            errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"wrote [bold]{result.markdown}[/] and {len(result.figures)} figures "
+                      f"({result.seconds:.0f} s to plan and run)", highlight=False, soft_wrap=True)
+        console.print(f"look deeper: [bold]bnlab tb {result.directory}[/]", highlight=False, soft_wrap=True)
+        return 1 if any(run.status == "failed" for run in result.runs) else 0
+
+    _guarded(action)
+
+
 @app.command()
 def runs(
     root: Annotated[Path, typer.Argument(help="A runs folder, sweep or run directory.")] = Path("runs"),

@@ -74,30 +74,59 @@ def run_hydra(launch: Launch) -> list:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate the config at every value of every sweep axis."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """Compose and validate the config at every value of every sweep axis.
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as error:  # Hydra's grammar errors
-        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(error)}") from error
+    The axes are the command line's and those an experiment config defines in `hydra.sweeper.params`
+    (e.g. `experiment=vanishing`), except where the command line gives the same key: it takes precedence,
+    as in Hydra's basic sweeper.
+    """
+    parsed = _parse(overrides)
     base = []
     axes = []
     for text, override in zip(overrides, parsed, strict=True):
         if override.is_sweep_override():
             values = list(override.sweep_string_iterator())
             base.append(f"{override.get_key_element()}={values[0]}")
-            axes.append((len(base) - 1, override.get_key_element(), values))
+            axes.append((len(base) - 1, override.get_key_element(), values[1:]))
         else:
             base.append(text)
-    compose_config(base)
+    cfg = compose_config(base, return_hydra_config=True)
+    given = {override.get_key_element() for override in parsed}
+    for key, override in _sweeper_params(cfg).items():
+        if key not in given:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()]
+            axes.append((len(base), key, values))
     for index, key, values in axes:
-        for value in values[1:]:
+        for value in values:
             compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:])
 
 
-def compose_config(overrides: list[str]):
-    """The validated config for `overrides` (ConfigError with a clear message if anything is off)."""
+def _parse(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's grammar errors
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(error)}") from error
+
+
+def _sweeper_params(cfg) -> dict:
+    """{key: parsed override} of the sweep axes the composed config defines in hydra.sweeper.params."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not params:
+        return {}
+    texts = [f"{key}={value}" for key, value in OmegaConf.to_container(params, resolve=False).items()]
+    return {override.get_key_element(): override for override in _parse(texts)}
+
+
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
+    """The validated config for `overrides` (ConfigError with a clear message if anything is off).
+
+    With `return_hydra_config`, the config keeps its `hydra` node (sweeper, launcher, directories).
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -108,7 +137,7 @@ def compose_config(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
     except ConfigError:
         raise
     except Exception as error:

@@ -104,6 +104,9 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
 
     writer = telemetry = None
     flushed = torch.set_flush_denormal(cfg.train.flush_denormal)
+    threads = torch.get_num_threads()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     try:
         device = resolve_device(cfg.train.device)
         checkpoint.seed_everything(cfg.train.seed)
@@ -142,6 +145,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         progress.stop()
         if flushed:
             torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
 
     record["status"] = status
     record["finished"] = _now()

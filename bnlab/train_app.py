@@ -54,7 +54,7 @@ def main(cfg) -> str:
     label = "train" if single else f"job {hydra_cfg.job.num}"
     progress = RichProgress(label) if single or hydra_cfg.launcher.get("_target_", "").endswith("BasicLauncher") \
         else None
-    images = ImageLog(cfg) if cfg.log.enabled else None
+    images = ImageLog(cfg) if cfg.log.enabled and cfg.log.images else None
     try:
         result = train(cfg, run_dir, overrides, progress=progress, images=images)
     except BnlabError as error:  # e.g. the directory belongs to another run: nothing was started

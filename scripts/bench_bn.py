@@ -20,6 +20,7 @@ def main() -> None:
 
     report = bench_bn(repeats=args.repeats, min_repeat_s=args.min_repeat_s, threads=args.threads)
     console = Console()
+    console.width = max(console.width, 100)  # pipes default to 80 columns, which folds the shapes
     console.print(f"CPU: {report.cpu} | threads: {report.threads} | torch {report.torch_version} | "
                   f"float32, train mode, forward+backward; median step per repeat, median of {args.repeats} "
                   f"interleaved repeats")
@@ -30,11 +31,14 @@ def main() -> None:
         table.add_row(row.layer, "x".join(map(str, row.shape)), f"{row.torch_ms:.3f}", f"{row.bnlab_ms:.3f}",
                       f"{row.ratio:.2f}" + (" (noisy)" if row.noisy else ""), f"{row.peak_ratio:.2f}")
     console.print(table)
-    verdict = ("[green]meets the target[/green]" if report.meets_target
-               else "[red]falls short of the target[/red]")
-    if any(row.noisy for row in report.rows):
-        console.print("[yellow]noisy: other processes stalled some steps (median step > 2x the fastest); "
-                      "rerun on an idle machine before trusting those rows[/yellow]")
+    if not report.reliable:
+        verdict = ("[yellow]inconclusive: rows marked (noisy) were disturbed by other processes "
+                   "(tasks waited for a CPU over 10% of the time, or the median step took over 2x the "
+                   "fastest); rerun on an idle machine[/yellow]")
+    elif report.meets_target:
+        verdict = "[green]meets the target[/green]"
+    else:
+        verdict = "[red]falls short of the target[/red]"
     console.print(f"geometric mean time ratio {report.geomean_ratio:.3f} (target <= {TARGET_GEOMEAN}), "
                   f"worst {report.worst_ratio:.3f} (target <= {TARGET_WORST}), worst peak-memory ratio "
                   f"{report.worst_peak_ratio:.2f} (target <= {TARGET_PEAK_RATIO}): {verdict}")

@@ -37,7 +37,7 @@ def make_input(shape_name, dtype=torch.float64, offset=2.0):
 
 
 def run_step(layer, x, grad_out):
-    """Forward + backward on a fresh leaf copy of x; returns (y, dx, dweight, dbias)."""
+    """Forward + backward on a fresh leaf copy of x; returns (y, dx, [dweight, dbias] where present)."""
     x = x.detach().clone().requires_grad_()
     layer.zero_grad(set_to_none=True)
     y = layer(x)
@@ -397,3 +397,23 @@ def test_batch_statistics_exposed_after_training_forward():
     layer.eval()
     layer(torch.randn(2, C, 4, 4))  # eval with running statistics: nothing new to report
     assert layer.batch_mean is before
+
+
+def test_training_a_small_network_matches_torch():
+    """Swapping the layer into a model changes nothing: same losses and weights after SGD steps."""
+    torch.manual_seed(0)
+
+    def model(norm):
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), norm(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    ours, ref = model(BatchNorm1d).double(), model(torch.nn.BatchNorm1d).double()
+    ref.load_state_dict(ours.state_dict())
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (ours, ref)]
+    for _ in range(3):
+        x, target = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+        for net, optimizer in zip((ours, ref), optimizers, strict=True):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(net(x), target).backward()
+            optimizer.step()
+    for (name, ours_value), ref_value in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours_value, ref_value, **TOL64, msg=name)
