@@ -24,7 +24,7 @@ def test_pip_install_dot_into_a_fresh_venv_runs_bnlab_train(tmp_path):
     # Reuse this environment's third-party packages (torch is large) but not its editable bnlab: a path added
     # by a .pth file is not a site directory, so the editable finder's own .pth there is never run.
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", str(REPO)],
+    build = subprocess.run([python, "-m", "pip", "install", "--no-deps", str(REPO)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stdout + build.stderr
 
