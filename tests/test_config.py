@@ -12,7 +12,7 @@ def test_default_config_is_the_deep_sigmoid_mlp_with_bnlab_batchnorm_on_digits()
     cfg = compose()
     assert (cfg.model.name, cfg.model.depth, cfg.model.activation) == ("mlp", 20, "sigmoid")
     assert (cfg.norm.name, cfg.norm.position, cfg.data.name, cfg.optim.name) == ("bnlab", "before_act", "digits", "sgd")
-    assert cfg.log.enabled and cfg.log.every == 10 and cfg.train.device == "auto"
+    assert cfg.log.enabled and cfg.log.every == 50 and cfg.train.device == "auto"
 
 
 @pytest.mark.parametrize("group,choice", [("model", "mlp"), ("model", "cnn"), ("norm", "none"), ("norm", "bnlab"),

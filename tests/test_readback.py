@@ -16,7 +16,8 @@ from bnlab.launch import plan, run_hydra
 from bnlab.readback import event_files, load_run, load_runs
 from bnlab.writer import RunWriter
 
-TINY = ["train.steps=30", "model.depth=4", "model.width=16", "train.eval_every=10", "log.image_every=1000"]
+TINY = ["train.steps=30", "model.depth=4", "model.width=16", "train.eval_every=10", "log.image_every=1000",
+        "log.every=10"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def test_scalars_read_back_equal_what_the_run_wrote(run_dir):
     running.summary = {**record, "status": "running", "figures": {}}  # as a run still going has it
     assert running.figures == figures.gradient_figures(run.initial, run.final)
     assert run.status == "completed"
-    assert run.label == "log.image_every=1000 model.depth=4 model.width=16 train.eval_every=10 train.steps=30"
+    assert run.label == ("log.every=10 log.image_every=1000 model.depth=4 model.width=16 train.eval_every=10 "
+                         "train.steps=30")
     assert run.series("no/such/tag") == [] and run.last("no/such/tag") is None
 
 

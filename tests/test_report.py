@@ -21,7 +21,7 @@ from bnlab.readback import event_files, load_run
 from bnlab.report import build_report
 
 TINY = ["train.steps=30", "model.depth=4", "model.width=16", "train.eval_every=10", "log.hist_every=1000",
-        "log.image_every=1000"]  # images only at the first and last step: they are not what is tested here
+        "log.image_every=1000", "log.every=10"]  # images only at the first and last step: not what is tested here
 T_975_DF1 = 12.706204736174707  # Student t, 0.975 quantile, 1 degree of freedom (two seeds)
 FIGURES = ("gradients_by_depth", "percentiles_layer03", "accuracy", "saturation")
 
