@@ -97,6 +97,17 @@ def ioffe2015_fig1(parts: dict[str, list[RunData]]):
              plots.bands_figure(bands, "Ioffe & Szegedy (2015), Figure 1(b, c)"))]
 
 
+def _init_profiles(runs: list[RunData], key: str, family: str) -> list[plots.ProfileLine]:
+    """One step-0 profile of `family` per (value of `key`, norm), geometric mean over seeds."""
+    lines = []
+    for value in values_of(runs, key):
+        for norm in values_of(runs, "norm.name"):
+            group = select(runs, **{key.replace(".", "__"): value, "norm__name": norm})
+            lines.append(plots.ProfileLine(geometric_mean_profile(group, family, 0), f"{value}, norm={norm}",
+                                           f"C{len(lines)}", NORM_STYLE.get(norm, "-")))
+    return lines
+
+
 def glorot2010(parts: dict[str, list[RunData]]):
     result = []
     saturation = parts.get("saturation", [])
@@ -110,16 +121,8 @@ def glorot2010(parts: dict[str, list[RunData]]):
                                           "activation per hidden layer (sigmoid, standard init)")))
     gradients = parts.get("gradients", [])
     if gradients:
-        output, weight, index = [], [], 0
-        for init in values_of(gradients, "model.init"):
-            for norm in values_of(gradients, "norm.name"):
-                group = select(gradients, model__init=init, norm__name=norm)
-                label, style = f"{init}, norm={norm}", NORM_STYLE.get(norm, "-")
-                output.append(plots.ProfileLine(geometric_mean_profile(group, "grad_norm/output", 0), label,
-                                                f"C{index}", style))
-                weight.append(plots.ProfileLine(geometric_mean_profile(group, "grad_norm/weight", 0), label,
-                                                f"C{index}", style))
-                index += 1
+        output = _init_profiles(gradients, "model.init", "grad_norm/output")
+        weight = _init_profiles(gradients, "model.init", "grad_norm/weight")
         figure = plots.gradient_figure(output, weight, "Glorot & Bengio (2010), Figures 7-8: tanh, at "
                                        "initialization")
         result.append(("gradients_init", "Back-propagated ‖∂L/∂z‖ and weight-gradient ‖∂L/∂W‖ of each hidden "
@@ -131,14 +134,7 @@ def yang2019(parts: dict[str, list[RunData]]):
     result = []
     init = parts.get("init", [])
     if init:
-        lines, index = [], 0
-        for activation in values_of(init, "model.activation"):
-            for norm in values_of(init, "norm.name"):
-                group = select(init, model__activation=activation, norm__name=norm)
-                lines.append(plots.ProfileLine(geometric_mean_profile(group, "grad_norm/output", 0),
-                                               f"{activation}, norm={norm}", f"C{index}",
-                                               NORM_STYLE.get(norm, "-")))
-                index += 1
+        lines = _init_profiles(init, "model.activation", "grad_norm/output")
         result.append(("gradients_init", "‖∂L/∂z‖ across the hidden layers at initialization (geometric mean over "
                        "seeds): BatchNorm with ReLU explodes toward the input",
                        plots.profiles_figure(lines, "‖∂L/∂(layer output)‖", "Yang et al. (2019): gradient "
