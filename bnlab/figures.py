@@ -17,6 +17,10 @@ import math
 import re
 
 HIDDEN_MARKER = re.compile(r"^preact/mean/(layer\d+)$")
+# The fixed unit whose input distribution the probes also record on its own, as Ioffe & Szegedy (2015)
+# plot one sigmoid's input in Figure 1(b, c): unit (channel, for convolutions) 0 of each layer, over the
+# batch (and a channel's spatial positions), tags preact/unit0/{p15,p50,p85}/layerNN.
+UNIT = 0
 
 
 def hidden_layers(tags) -> list[str]:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlab.figures import UNIT
+
 PERCENTILES = {"p15": 0.15, "p50": 0.50, "p85": 0.85}
 
 
@@ -172,6 +174,10 @@ class Probes:
             quantiles = percentiles(pre, list(PERCENTILES.values()))  # (L, 3)
             for column, key in enumerate(PERCENTILES):
                 add(f"preact/{key}", group, quantiles[:, column])
+            unit = torch.stack([pres[i][:, UNIT].reshape(-1) for i in indices.tolist()])  # (L, batch[*H*W])
+            quantiles = percentiles(unit, list(PERCENTILES.values()))
+            for column, key in enumerate(PERCENTILES):
+                add(f"preact/unit{UNIT}/{key}", group, quantiles[:, column])
             add("act/mean", group, post_mean)
             add("act/std", group, _std(post, post_mean))
             saturated = saturated_mask(self.activation_name, pre, post)

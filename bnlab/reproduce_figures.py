@@ -11,6 +11,7 @@ import math
 
 from bnlab import plots
 from bnlab.aggregate import geometric_mean_profile, mean_series
+from bnlab.figures import UNIT
 from bnlab.readback import RunData
 from bnlab.verdict import across, final_accuracy, init_figure, select, values_of
 
@@ -87,13 +88,15 @@ def ioffe2015_fig1(parts: dict[str, list[RunData]]):
     bands = []
     for label, group in arms:
         layer = max((run.hidden_layers for run in group), key=len, default=["?"])[-1]
-        series = {name: dict(mean_series(group, f"preact/{name}/{layer}")) for name in plots.BAND}
-        steps = sorted(series["p50"])
-        p15, p50, p85 = ([series[name].get(step) for step in steps] for name in plots.BAND)
-        bands.append(plots.Band(f"{label} · {layer} (last hidden layer), whole layer", steps, p15, p50, p85))
+        for family, scope in ((f"preact/unit{UNIT}", f"unit {UNIT}"), ("preact", "whole layer")):
+            series = {name: dict(mean_series(group, f"{family}/{name}/{layer}")) for name in plots.BAND}
+            steps = sorted(series["p50"])
+            p15, p50, p85 = ([series[name].get(step) for step in steps] for name in plots.BAND)
+            bands.append(plots.Band(f"{label} · {layer} (last hidden layer), {scope}", steps, p15, p50, p85))
     return [("accuracy", "Test accuracy over training, with and without BatchNorm (mean over seeds)", accuracy),
-            ("figure1", "The last hidden layer's sigmoid input over training: 15th, 50th and 85th percentiles "
-             "over all its units and the batch (mean over seeds), as in Figure 1(b, c)",
+            ("figure1", f"The last hidden layer's sigmoid input over training: 15th, 50th and 85th percentiles "
+             f"for one fixed unit (unit {UNIT}, over the batch) as in Figure 1(b, c), and over all the layer's "
+             "units and the batch (mean over seeds)",
              plots.bands_figure(bands, "Ioffe & Szegedy (2015), Figure 1(b, c)"))]
 
 

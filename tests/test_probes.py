@@ -74,6 +74,9 @@ def test_every_statistic_equals_a_direct_computation(activation, norm, position)
         assert s[f"preact/std/{name}"] == pytest.approx(pre.std(), rel=1e-10)
         for key, q in (("p15", 15), ("p50", 50), ("p85", 85)):
             assert s[f"preact/{key}/{name}"] == pytest.approx(np.percentile(pre, q), rel=1e-10, abs=1e-12)
+            # one fixed unit (unit 0) over the batch, as Ioffe & Szegedy plot it
+            assert s[f"preact/unit0/{key}/{name}"] == pytest.approx(np.percentile(pre[:, 0], q), rel=1e-10,
+                                                                    abs=1e-12)
         assert s[f"act/mean/{name}"] == pytest.approx(post.mean(), rel=1e-10, abs=1e-12)
         assert s[f"act/std/{name}"] == pytest.approx(post.std(), rel=1e-10)
         flat = {"sigmoid": (post < 0.01) | (post > 0.99), "tanh": np.abs(post) > 0.99, "relu": post == 0,
@@ -116,3 +119,24 @@ def test_saturation_thresholds():
     assert saturated_mask("tanh", y, torch.tensor([-0.999, 0.0, 0.98])).tolist() == [True, False, False]
     assert saturated_mask("relu", y, torch.tensor([0.0, 0.1, 0.0])).tolist() == [True, False, True]
     assert saturated_mask("linear", y, y).tolist() == [False, False, False]
+
+
+def test_convolution_unit_percentiles_cover_channel_zero_over_batch_and_positions():
+    cfg = compose("model=cnn", "model.depth=3", "model.width=4", "norm=bnlab")
+    torch.manual_seed(2)
+    net = build_model(cfg.model, cfg.norm, (1, 8, 8), 3).double()
+    seen = {}
+    for name, act in net.activations.items():  # the nonlinearity's input, captured independently
+        act.register_forward_hook(lambda m, inputs, out, name=name: seen.__setitem__(name, inputs[0].detach()))
+    probes = Probes(net)
+    probes.start()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    F.cross_entropy(net(x), torch.tensor([0, 1, 2, 0, 1])).backward()
+    s = {tag: value.item() for tag, value in probes.finish().scalars.items()}
+    assert seen
+    for name, pre in seen.items():
+        channel = pre[:, 0].numpy()  # (batch, H, W)
+        assert channel.size > 5
+        for key, q in (("p15", 15), ("p50", 50), ("p85", 85)):
+            assert s[f"preact/unit0/{key}/{name}"] == pytest.approx(np.percentile(channel, q), rel=1e-10, abs=1e-12)
+            assert s[f"preact/{key}/{name}"] == pytest.approx(np.percentile(pre.numpy(), q), rel=1e-10, abs=1e-12)

@@ -9,6 +9,7 @@ from conftest import TINY, run_bnlab, scalars, train_in_process
 
 LAYER_FAMILIES_ALL = ["grad_norm/weight", "grad_norm/output", "weight_norm", "update_ratio"]
 LAYER_FAMILIES_HIDDEN = ["preact/mean", "preact/std", "preact/p15", "preact/p50", "preact/p85",
+                         "preact/unit0/p15", "preact/unit0/p50", "preact/unit0/p85",
                          "act/mean", "act/std", "act/saturated"]
 
 

@@ -122,7 +122,7 @@ def test_vanishing_without_runs_is_not_measured():
 # --- ioffe2015_fig1
 
 
-def ioffe_runs(bn_better: bool) -> list[RunData]:
+def ioffe_runs(bn_better: bool, unit_drifts_with_bn: bool = False) -> list[RunData]:
     runs = []
     steps = list(range(0, 10001, 500))
     for norm, seed in itertools.product(("none", "bnlab"), range(3)):
@@ -132,9 +132,12 @@ def ioffe_runs(bn_better: bool) -> list[RunData]:
         stable = good
         p50 = [(s, 0.01 * seed if stable else 2.0 * s / 10000) for s in steps]
         spread = [(s, 2.0 if stable else 1.0 + 2 * s / 10000) for s in steps]
-        extra = {"preact/p50/layer02": p50,
-                 "preact/p15/layer02": [(s, m - w / 2) for (s, m), (_, w) in zip(p50, spread, strict=True)],
-                 "preact/p85/layer02": [(s, m + w / 2) for (s, m), (_, w) in zip(p50, spread, strict=True)]}
+        unit_p50 = [(s, 2.0 * s / 10000) for s in steps] if unit_drifts_with_bn else p50
+        extra = {}
+        for family, median in (("preact", p50), ("preact/unit0", unit_p50)):
+            extra[f"{family}/p50/layer02"] = median
+            extra[f"{family}/p15/layer02"] = [(s, m - w / 2) for (s, m), (_, w) in zip(median, spread, strict=True)]
+            extra[f"{family}/p85/layer02"] = [(s, m + w / 2) for (s, m), (_, w) in zip(median, spread, strict=True)]
         runs.append(make_run({"norm.name": norm, "train.seed": seed, "model.depth": 3}, [1.0, 1.0, 1.0],
                              accuracy=accuracy, steps=10000, extra=extra))
     return runs
@@ -143,7 +146,15 @@ def ioffe_runs(bn_better: bool) -> list[RunData]:
 def test_ioffe_holds_when_bn_is_faster_higher_and_stable():
     verdict = ioffe2015_fig1({"main": ioffe_runs(bn_better=True)})
     assert outcomes(verdict) == [HELD, HELD, HELD]
-    assert verdict.notes  # the whole layer, not one fixed unit, said plainly
+    assert len(verdict.claims[2].checks) == 4  # one fixed unit and the whole layer, median and spread each
+    assert "unit 0" in verdict.notes[0]
+
+
+def test_ioffe_stability_is_partly_held_when_only_the_fixed_unit_drifts_with_bn():
+    verdict = ioffe2015_fig1({"main": ioffe_runs(bn_better=True, unit_drifts_with_bn=True)})
+    stability = verdict.claims[2]
+    assert stability.outcome == PARTLY
+    assert [check.passed for check in stability.checks] == [False, True, True, True]
 
 
 def test_ioffe_does_not_hold_when_the_arms_are_swapped():
@@ -152,8 +163,12 @@ def test_ioffe_does_not_hold_when_the_arms_are_swapped():
 
 def test_ioffe_measures():
     run = ioffe_runs(bn_better=True)[0]  # no BN, drifting: median 0 -> 2, spread 1 -> 3
-    shift, spread = drift(run)
-    assert shift == pytest.approx(2.0) and spread == pytest.approx(3.0)
+    for family in ("preact", "preact/unit0"):
+        shift, spread = drift(run, family)
+        assert shift == pytest.approx(2.0) and spread == pytest.approx(3.0)
+    bn_run = ioffe_runs(bn_better=True, unit_drifts_with_bn=True)[3]
+    assert bn_run.config["norm"]["name"] == "bnlab"
+    assert drift(bn_run, "preact/unit0")[0] == pytest.approx(2.0) and drift(bn_run)[0] == pytest.approx(0.0)
     assert early_accuracy(run) == pytest.approx((0.4 + 0.5) / 2)  # the evaluations in (0, 1000]: 500 and 1000
 
 
