@@ -237,7 +237,7 @@ def _wrap(text: str, width: int = 60) -> str:
 
 
 def _grid(count: int) -> tuple[int, int]:
-    ncols = min(3, max(count, 1))
+    ncols = 2 if count == 4 else min(3, max(count, 1))
     return math.ceil(max(count, 1) / ncols), ncols
 
 
