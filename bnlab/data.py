@@ -45,6 +45,11 @@ class Dataset:
         move = {f: getattr(self, f).to(device) for f in ("x_train", "y_train", "x_test", "y_test")}
         return dataclasses.replace(self, **move)
 
+    def to_memory_format(self, memory_format: torch.memory_format) -> Dataset:
+        """The same images in another memory order (e.g. channels-last), values unchanged."""
+        return dataclasses.replace(self, x_train=self.x_train.contiguous(memory_format=memory_format),
+                                   x_test=self.x_test.contiguous(memory_format=memory_format))
+
 
 @dataclasses.dataclass(frozen=True)
 class Request:

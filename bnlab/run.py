@@ -149,6 +149,9 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
                             synthetic_dim=cfg.data.dim, synthetic_samples=cfg.data.samples,
                             flatten=cfg.model.name == "mlp").to(device)
         model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+        if cfg.train.channels_last and data.is_image and cfg.model.name == "cnn":
+            model = model.to(memory_format=torch.channels_last)
+            data = data.to_memory_format(torch.channels_last)
         optimizer = build_optimizer(cfg.optim, model)
         sampler = BatchSampler(len(data.x_train), cfg.data.batch_size, seed=cfg.train.seed)
         state = checkpoint.load(checkpoint_path) if resuming and checkpoint_path.exists() else None

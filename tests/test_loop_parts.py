@@ -61,3 +61,20 @@ def test_the_optimizer_follows_torchs_reference_update(optim):
             opt.step()
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_the_same_network_in_another_memory_order(tmp_path):
+    from conftest import TINY, train_in_process
+
+    cnn = [*TINY, "model=cnn", "model.width=8", "train.steps=6", "log.every=2"]
+    runs = {flag: train_in_process(tmp_path / f"cl_{flag}", *cnn, f"train.channels_last={flag}")
+            for flag in ("true", "false")}
+    assert all(run.status == "completed" for run in runs.values())
+    a, b = runs["true"].metrics, runs["false"].metrics
+    gradients = [tag for tag in a if tag.startswith("grad_norm/")]
+    assert gradients and a.keys() == b.keys()
+    for tag in gradients:  # the same numbers up to float32 rounding of another summation order
+        assert a[tag] == pytest.approx(b[tag], rel=1e-3), tag
+    state = torch.load(tmp_path / "cl_true" / "checkpoint.pt", weights_only=False)["model"]
+    conv = state["blocks.1.weight_layer.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
