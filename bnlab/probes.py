@@ -7,8 +7,7 @@ weights, which the optimizer changes in place) and `Capture.measure` computes ev
 statistic on the device, batched across layers of the same shape (one stacked op per
 statistic instead of one per layer: on a CPU the per-op overhead, not the arithmetic,
 is the cost), into one float64 vector that the caller brings to the host in one
-transfer. Telemetry measures captures on a background thread. Between measurements no
-hook is attached, so an unlogged step costs nothing.
+transfer. Between measurements no hook is attached, so an unlogged step costs nothing.
 """
 
 from __future__ import annotations
@@ -67,7 +66,6 @@ def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
     Accumulated in float64: the squares of a vanished float32 gradient (~1e-21 per element)
     underflow float32, and its norm would read 0 instead of ~1e-18."""
-    tensors = [t.detach() for t in tensors]
     try:
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
     except TypeError:  # a torch without the dtype argument: stack tensors of one shape, widen, reduce
@@ -89,7 +87,7 @@ def _stack_by_shape(tensors: list[torch.Tensor]):
         groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
     for indices in groups.values():
         yield torch.tensor(indices, device=tensors[0].device), torch.stack(
-            [tensors[i].detach().reshape(-1) for i in indices])
+            [tensors[i].reshape(-1) for i in indices])
 
 
 @dataclass
@@ -136,8 +134,8 @@ class Probes:
 
         The gradients, preactivations and back-propagated signals are the step's own tensors, which
         the next step replaces rather than overwrites (gradients are set to None between steps); the
-        weights, which the optimizer updates in place, are copied. So the capture can be measured
-        later, on another thread, while training goes on."""
+        weights, which the optimizer updates in place, are copied. So a capture stays valid after
+        the step, whenever it is measured."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -187,6 +185,7 @@ class Capture:
     pre_post: dict[str, tuple[torch.Tensor, torch.Tensor]]
     histograms: bool
 
+    @torch.no_grad()
     def measure(self) -> Measurement:
         """Every statistic, computed on the tensors' device, batched across layers of one shape."""
         tags: list[str] = []

@@ -158,8 +158,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         start = state["step"] if state else 0
         # On resume, TensorBoard drops records at steps >= start left by the stopped process (no duplicates).
         writer = RunWriter(run_dir, purge_step=start if resuming else None)
-        telemetry = Telemetry(model, writer, cfg.log, cfg.train.steps, images, threads=cfg.train.threads,
-                              flush_denormal=cfg.train.flush_denormal)
+        telemetry = Telemetry(model, writer, cfg.log, cfg.train.steps, images)
         if state:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -191,8 +190,8 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
     if telemetry is not None:
         try:
             telemetry.close()
-        except Exception:  # a record that could not be written must not cost the run its summary
-            log.error("could not finish writing the telemetry\n%s", traceback.format_exc())
+        except Exception:  # a figure that could not be drawn must not cost the run its summary
+            log.error("could not write the images\n%s", traceback.format_exc())
         record["metrics"] = dict(telemetry.last)
         if telemetry.initial:
             record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
@@ -255,7 +254,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
                 checkpoint.save(checkpoint_path, checkpoint_state(record["steps"]))
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
     telemetry.record(total, {"loss/test": test_loss, "acc/test": accuracy})
-    telemetry.render_final(total - 1)  # after everything submitted is written
+    telemetry.render_final(total - 1)
     progress.update(total, None, accuracy)
     figures = gradient_figures(telemetry.initial, telemetry.last) if telemetry.initial else {}
     if figures:
