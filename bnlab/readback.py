@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnlab import figures, summary
+from bnlab import checksums, figures, summary
 from bnlab.errors import BnlabError, RunFileError
 from bnlab.runs import RunInfo, find_runs
 
@@ -200,6 +200,7 @@ def _record_damage(file: Path) -> str | None:
     """What TensorBoard's record reader finds wrong with `file` (length or CRC), or None when intact."""
     from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
 
+    checksums.install()
     reader = pywrap_tensorflow.PyRecordReader_New(str(file).encode(), 0, b"")
     intact = 0
     try:
@@ -222,6 +223,7 @@ def _read_events(run: RunData, images: bool) -> None:
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
+    checksums.install()
     # 0 = keep every record; histograms are not needed here, so keep one of each.
     sizes = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0,
              event_accumulator.IMAGES: 0 if images else 1,

@@ -17,6 +17,8 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from bnlab import checksums
+
 HISTOGRAM_BINS = 30
 LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
 
@@ -28,6 +30,7 @@ class RunWriter:
         # purge_step: on resume, TensorBoard drops records at steps >= purge_step written after the
         # last checkpoint by the interrupted process, so no step appears twice.
         # A deep queue: at one event per step the writer thread must never make training wait for the disk.
+        checksums.install()  # TensorBoard's pure-Python record checksum would cost more than the statistics
         self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10, max_queue=1000)
         self._events = self._writer._get_file_writer()
 
