@@ -118,8 +118,8 @@ def gradient_figure(output: list[ProfileLine], weight: list[ProfileLine], title:
     figure, (left, right) = new_figure(640, 400, 1, 2, margins, sharey=False)
     draw_profiles(left, output, "‖∂L/∂(layer output)‖")
     draw_profiles(right, weight, "‖∂L/∂W‖")
-    left.set_title("back-propagated gradient", fontsize=11)
-    right.set_title("weight gradient", fontsize=11)
+    left.set_title("back-propagated gradient", fontsize=11, y=1.0)  # a fixed title position skips a costly layout pass
+    right.set_title("weight gradient", fontsize=11, y=1.0)
     left.legend(fontsize=9, loc="upper left")
     if note:
         box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "linewidth": 0.5}
@@ -148,7 +148,7 @@ def activation_figure(p15: list[float], p50: list[float], p85: list[float], satu
     layers = list(range(len(p50)))
     draw_band(top, layers, p15, p50, p85, color="C0")
     top.set_ylabel("preactivation")
-    top.set_title(BAND_KEY, fontsize=9, loc="right")
+    top.set_title(BAND_KEY, fontsize=9, loc="right", y=1.0)
     top.grid(True, alpha=0.3)
     bottom.fill_between(layers, 0, saturated, color="C3", alpha=0.3, linewidth=0)
     bottom.plot(layers, saturated, color="C3", marker="o", markersize=3)
@@ -178,7 +178,7 @@ def bands_figure(bands: list[Band], title: str):
         ax.set_ylabel("preactivation")
     if len(bands) == 1:  # a TensorBoard image, shown at about half size
         _larger_type(axes.flat[0])
-        axes.flat[0].set_title(BAND_KEY, fontsize=9, loc="right")
+        axes.flat[0].set_title(BAND_KEY, fontsize=9, loc="right", y=1.0)
     else:
         title = f"{title}\n{BAND_KEY}"
     for ax in list(axes.flat)[len(bands):]:
@@ -257,6 +257,9 @@ def _edges(steps: list[int]) -> list[float]:
     return [2 * steps[0] - middles[0], *middles, 2 * steps[-1] - middles[-1]]
 
 
+MINOR_TICKS_DECADES = 4  # a log axis spanning more decades shows no minor ticks
+
+
 def _span_decades(ax, values: list[float]) -> None:
     """Widen a log axis around the data's geometric centre to at least MIN_DECADES decades."""
     if not values:
@@ -268,3 +271,9 @@ def _span_decades(ax, values: list[float]) -> None:
     else:
         low, high = low - 0.1, high + 0.1
     ax.set_ylim(10**low, 10**high)
+    if high - low > MINOR_TICKS_DECADES:
+        # Over many decades the minor ticks are a dense grey smear, and each is a costly matplotlib
+        # object: 140 of them made up ~0.3 s of the 0.35 s of drawing a profile/gradients image.
+        from matplotlib.ticker import NullLocator
+
+        ax.yaxis.set_minor_locator(NullLocator())

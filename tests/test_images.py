@@ -122,3 +122,13 @@ def test_run_card_says_what_went_wrong_and_writes_nan_as_n_a():
     assert card.startswith("**diverged** after 7/30 steps (seed 2)")
     assert "NaN/Inf at step 7" in card and "`norm=none`" in card
     assert "| loss/train | n/a |" in card and "| acc/test | 0.25 |" in card and "| loss/test | n/a |" in card
+
+
+def test_log_axes_over_many_decades_drop_minor_ticks_and_short_ones_keep_them():
+    from bnlab import plots
+
+    for values, minor in (([1.0, 1e-7], False), ([1.0, 0.2], True)):
+        figure = plots.gradient_figure([plots.ProfileLine(values, "now", "C0")],
+                                       [plots.ProfileLine(values, "now", "C1")], "t")
+        left = figure.axes[0]
+        assert bool(left.yaxis.get_minorticklocs().size) == minor, values
