@@ -51,6 +51,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_bn.py
 	$(BIN)/python scripts/bench.py telemetry loop experience
+	$(BIN)/python scripts/bench_channels_last.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
