@@ -2,8 +2,8 @@
 
 The training loop only says when to measure (`start` before the forward pass,
 `finish` after the optimizer step); it does not know which statistics exist.
-Hooks only keep references; `capture` takes the step's tensors (copying only the
-weights, which the optimizer changes in place) and `Capture.measure` computes every
+Hooks only keep references; `capture` takes the step's tensors (the weights before
+the step are the one copy) and `Capture.measure` computes every
 statistic on the device, batched across layers of the same shape (one stacked op per
 statistic instead of one per layer: on a CPU the per-op overhead, not the arithmetic,
 is the cost), into one float64 vector that the caller brings to the host in one
@@ -123,7 +123,7 @@ class Probes:
         self._histograms = histograms
         self._output_grads = {}
         self._pre_post = {}
-        self._weights_before = _snapshot(layer.weight for layer in self.layers.values())
+        self._weights_before = [layer.weight.detach().clone() for layer in self.layers.values()]
         for name, layer in self.layers.items():
             self._handles.append(layer.register_forward_hook(self._output_hook(name)))
         for name, act in self.activations.items():
@@ -132,17 +132,15 @@ class Probes:
     def capture(self) -> Capture:
         """Detach the hooks and take this step's tensors (call after optimizer.step()); cheap.
 
-        The gradients, preactivations and back-propagated signals are the step's own tensors, which
-        the next step replaces rather than overwrites (gradients are set to None between steps); the
-        weights, which the optimizer updates in place, are copied. So a capture stays valid after
-        the step, whenever it is measured."""
+        Only references: measure the capture before the next optimizer step, which updates the
+        weights in place (`finish` measures at once)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         grads = {name: layer.weight.grad.detach() for name, layer in self.layers.items()
                  if layer.weight.grad is not None}
         capture = Capture(self.activation_name, list(self.layers), grads,
-                          _snapshot(layer.weight for layer in self.layers.values()), self._weights_before,
+                          [layer.weight.detach() for layer in self.layers.values()], self._weights_before,
                           self._output_grads, self._pre_post, self._histograms)
         self._weights_before, self._output_grads, self._pre_post = [], {}, {}
         return capture
@@ -166,10 +164,6 @@ class Probes:
             self._pre_post[name] = (inputs[0].detach(), post.detach())
 
         return hook
-
-
-def _snapshot(tensors) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in tensors]
 
 
 @dataclass

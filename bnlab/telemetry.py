@@ -52,7 +52,7 @@ class Telemetry:
         values = _to_host(always)
         histograms: dict[str, torch.Tensor] = {}
         if self._measuring:
-            measurement = self.probes.capture().measure()
+            measurement = self.probes.finish()
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
             histograms = measurement.histograms

@@ -40,6 +40,19 @@ def test_finite_check_flags_any_non_finite_value_and_leaves_gradients_alone(fuse
     assert check(torch.tensor(1.0), _grads()) == (1.0, True)
 
 
+def test_finite_check_falls_back_to_gradient_norms_where_the_overflow_kernel_is_missing(monkeypatch):
+    def missing(*args):
+        raise NotImplementedError("no kernel for this device")
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing)
+    check = FiniteCheck(torch.device("cpu"))
+    grads = _grads()
+    grads[1][0] = math.nan
+    assert check(torch.tensor(2.5), grads) == (2.5, False)
+    assert not check.fused  # decided once, then the norms path every step
+    assert check(torch.tensor(2.5), _grads()) == (2.5, True)
+
+
 @pytest.mark.parametrize("optim", ["optim=sgd optim.momentum=0.9 optim.weight_decay=1e-3", "optim=adam optim.lr=1e-3"])
 def test_the_optimizer_follows_torchs_reference_update(optim):
     cfg = compose("model.depth=3", "model.width=8", *optim.split())
