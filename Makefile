@@ -14,14 +14,19 @@ STAMP := $(VENV)/.bnlab-installed
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.1,torch==2.13.0)
 TORCH_PIP_ARGS ?=
+# Triton: CUDA builds of torch bring their own. Without a GPU the tests run bnlab's Triton kernels in
+# Triton's CPU interpreter; 3.9 is the first whose interpreter works with numpy >= 2.4 (3.6's fails on
+# loop bounds), and it never needs a GPU for that.
+TRITON_SPEC ?= $(if $(HAVE_GPU),,triton==3.9.0)
 
 .PHONY: setup train pair test test-slow lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(if $(TRITON_SPEC),$(BIN)/python -m pip install --quiet "$(TRITON_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -52,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_bn.py
 	$(BIN)/python scripts/bench.py telemetry loop experience
 	$(BIN)/python scripts/bench_channels_last.py
+	$(if $(HAVE_GPU),$(BIN)/python scripts/bench_bn_gpu.py)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

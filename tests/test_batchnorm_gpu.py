@@ -1,18 +1,34 @@
 """bnlab's BatchNorm on a CUDA device against torch's (cuDNN) layer: the CPU parity suite's checks, on the GPU.
 
-Marked `gpu`: skipped by default and in CI (which has no GPU); run with `pytest -m gpu` where a GPU is present.
+Every test runs twice: with the Triton kernels (the default on CUDA where Triton is installed) and on
+the plain PyTorch path (BNLAB_TRITON=0). Marked `gpu`: deselected by default and in CI (which has no
+GPU); run with `pytest -m gpu` where a GPU is present.
 """
 
 import pytest
 import torch
 
-from bnlab.nn import BatchNorm1d, BatchNorm2d
+from bnlab.nn import BatchNorm1d, BatchNorm2d, functional
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 TOL = {torch.float64: {"atol": 1e-10, "rtol": 1e-10}, torch.float32: {"atol": 1e-4, "rtol": 1e-4},
        torch.bfloat16: {"atol": 5e-2, "rtol": 5e-2}}
 SHAPES = [(256, 1024), (60, 100), (32, 7, 9), (16, 64, 8, 8), (8, 16, 5, 5)]
+LAYOUTS = [(shape, False) for shape in SHAPES] + [(shape, True) for shape in SHAPES if len(shape) == 4]
+
+
+@pytest.fixture(autouse=True, params=["triton", "pytorch"])
+def backend(request):
+    """Run the test on the Triton kernels, then on the PyTorch path."""
+    from bnlab.nn import triton_kernels
+
+    if request.param == "triton" and triton_kernels.triton is None:
+        pytest.fail("Triton is not installed: the CUDA path would silently be the PyTorch one")
+    enabled = triton_kernels.ENABLED
+    triton_kernels.ENABLED = request.param == "triton"
+    yield request.param
+    triton_kernels.ENABLED = enabled
 
 
 def _pair(shape, dtype, momentum=0.1, affine=True):
@@ -50,13 +66,10 @@ def _assert_as_accurate_as_torch(ours, ref, exact, tol):
         assert ours_error <= 1.5 * torch_error + 1e-6, (ours_error, torch_error)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape,channels_last", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("channels_last", [False, True])
 def test_train_and_eval_parity_on_cuda(shape, dtype, momentum, channels_last):
-    if channels_last and len(shape) != 4:
-        pytest.skip("channels_last is a 4-D layout")
     torch.manual_seed(0)
     ours, ref = _pair(shape, dtype, momentum)
     oracle = _pair(shape, torch.float64, momentum)[1]  # torch's layer in float64 on the same rounded input
@@ -110,3 +123,12 @@ def test_stable_variance_for_large_mean_on_cuda():
     layer(x.float())
     expected = x.var(dim=0, unbiased=False).float()
     torch.testing.assert_close(layer.batch_var.float(), expected, rtol=1e-3, atol=0)
+
+
+def test_the_layer_runs_the_chosen_path(backend):
+    """On CUDA the layer hands over to Triton, unless disabled; never on CPU."""
+    from bnlab.nn import triton_kernels
+
+    x = torch.randn(8, 4, device="cuda")
+    assert functional._triton(x) is (triton_kernels if backend == "triton" else None)
+    assert functional._triton(x.cpu()) is None

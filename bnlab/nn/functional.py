@@ -1,7 +1,9 @@
 """The BatchNorm arithmetic: batch statistics, the train/eval kernels and the autograd Function.
 
 Everything is plain PyTorch tensor arithmetic; no aten batch-norm kernel (F.batch_norm,
-torch.native_batch_norm, cudnn, ...) is called. Shapes: x is (N, C, *) in any memory format;
+torch.native_batch_norm, cudnn, ...) is called. On a CUDA tensor, forward_kernel and backward_kernel
+hand over to the Triton kernels of triton_kernels.py where Triton is installed (BNLAB_TRITON=0 keeps
+this file's path, which stays the reference they are tested against). Shapes: x is (N, C, *) in any memory format;
 per-channel tensors are (C,) and get viewed as (C, 1, ...) where they broadcast against x.
 
 Speed on CPU comes from touching full-size memory as rarely as possible. Each direction
@@ -72,12 +74,23 @@ def _scale_shift(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None,
     return scale, shift
 
 
+def _triton(x: Tensor):
+    """The Triton kernels module if it takes x (a CUDA tensor, Triton installed), else None."""
+    if not x.is_cuda:
+        return None
+    from bnlab.nn import triton_kernels  # imported on first CUDA use only: CPU runs never load Triton
+
+    return triton_kernels if triton_kernels.supports(x) else None
+
+
 def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """Normalize x with its own batch statistics.
 
     Returns (y, mean, var, invstd, scale), each but y (C,) in the compute dtype; var is biased
     and scale = weight * invstd.
     """
+    if (kernels := _triton(x)) is not None:
+        return kernels.forward(x, weight, bias, eps)
     xc = _to(x, _compute_dtype(x))
     mean = _reduce_channels(xc, "mean")  # (C,)
     # Two passes (mean first, then squared deviations) keep the variance exact for inputs whose
@@ -98,6 +111,8 @@ def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: 
     regrouped into per-channel coefficients as dx = dy * scale + x * b + c so that the
     full-size work is two fused multiply-adds into one buffer.
     """
+    if (kernels := _triton(x)) is not None:
+        return kernels.backward(dy, x, mean, invstd, scale, need_dx)
     dtype = _compute_dtype(x)
     dyc, xc = _to(dy, dtype), _to(x, dtype)
     count = x.numel() // x.shape[1]
