@@ -1,20 +1,26 @@
-"""bnlab's BatchNorm against torch's cuDNN kernel on a CUDA device: time and effective memory bandwidth.
+"""bnlab's BatchNorm on a CUDA device against torch's cuDNN kernel: time and effective memory bandwidth.
 
-Usage: python scripts/bench_bn_gpu.py  (needs a CUDA device; prints a table)
+Usage: python scripts/bench_bn_gpu.py [--sweep]  (needs a CUDA device and Triton; prints tables)
 
-Each shape times forward+backward of both layers interleaved, with CUDA events, median of repeats.
-Effective bandwidth counts the bytes a two-pass BatchNorm must move (forward: read x for the statistics,
-read x and write y; backward: read x and dy for the reductions, read them again and write dx: 8 tensor
-sizes), divided by the time, and is compared with what a plain device-to-device copy reaches.
+1. The layers, forward+backward, interleaved, timed with CUDA events (median of repeats): torch's
+   (cuDNN), bnlab's on its Triton kernels (the CUDA default) and bnlab's on its PyTorch path
+   (BNLAB_TRITON=0), float32.
+2. The Triton kernels alone on large tensors: forward (reads x twice, writes y: 3 tensor passes) and
+   backward (reads x and dy twice, writes dx: 5 passes), as a fraction of what a plain
+   device-to-device copy reaches (bytes read + written). #7's goal for a GPU kernel: at least 80 %.
+3. --sweep: the same for other tile sizes, warps and programs per multiprocessor.
 """
 
 import statistics
+import sys
 
 import torch
 
-from bnlab.nn import BatchNorm1d, BatchNorm2d
+from bnlab.nn import BatchNorm1d, BatchNorm2d, triton_kernels
 
 SHAPES = [(256, 1024), (60, 100), (128, 64, 32, 32), (128, 256, 8, 8), (64, 16, 8, 8), (256, 64, 56, 56)]
+LARGE = [((256, 64, 56, 56), False), ((256, 64, 56, 56), True), ((262144, 256), False), ((128, 256, 28, 28), False)]
+SWEEP = [LARGE[0], LARGE[2]]
 
 
 def cuda_ms(fn, iters: int) -> float:
@@ -27,43 +33,98 @@ def cuda_ms(fn, iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
+def median_ms(fn, iters: int, repeats: int = 7) -> float:
+    cuda_ms(fn, 3)  # warm up: compilation, caches
+    return statistics.median(cuda_ms(fn, iters) for _ in range(repeats))
+
+
 def copy_bandwidth() -> float:
     x = torch.empty(256 * 1024 * 1024 // 4, device="cuda")
     y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    ms = statistics.median(cuda_ms(lambda: y.copy_(x), 20) for _ in range(5))
+    ms = median_ms(lambda: y.copy_(x), 20)
     return 2 * x.numel() * 4 / (ms / 1e3) / 1e9  # GB/s, bytes read + written
+
+
+def timed_step(layer, use_triton: bool, x, grad, iters: int) -> float:
+    """ms for one forward+backward of layer, on bnlab's Triton kernels or not."""
+    triton_kernels.ENABLED = use_triton
+    try:
+        return cuda_ms(lambda: layer(x).backward(grad), iters)
+    finally:
+        triton_kernels.ENABLED = True
+
+
+def layers_table(copy: float) -> None:
+    print("\n1. layers, forward+backward, float32 (ms; %copy counts 8 tensor passes)")
+    print(f"{'shape':>16} {'cuDNN':>8} {'triton':>8} {'pytorch':>8} {'tri/cuDNN':>9} {'cuDNN %':>8} {'triton %':>8}")
+    for shape in SHAPES:
+        four_d = len(shape) == 4
+        torch_layer = (torch.nn.BatchNorm2d if four_d else torch.nn.BatchNorm1d)(shape[1], device="cuda")
+        ours = (BatchNorm2d if four_d else BatchNorm1d)(shape[1], device="cuda")
+        x = torch.randn(shape, device="cuda", requires_grad=True)
+        grad = torch.randn(shape, device="cuda")
+        runs = {"cuDNN": (torch_layer, True), "triton": (ours, True), "pytorch": (ours, False)}
+        iters = max(5, int(2e8 // (x.numel() * 4 * 8)))
+        times = {name: [] for name in runs}
+        for name in runs:
+            timed_step(*runs[name], x, grad, iters)  # warm up
+        for repeat in range(7):
+            for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):
+                times[name].append(timed_step(*runs[name], x, grad, iters))
+        ms = {name: statistics.median(t) for name, t in times.items()}
+        gbs = {name: 8 * x.numel() * 4 / (ms[name] / 1e3) / 1e9 for name in ms}
+        print(f"{'x'.join(map(str, shape)):>16} {ms['cuDNN']:8.4f} {ms['triton']:8.4f} {ms['pytorch']:8.4f} "
+              f"{ms['triton'] / ms['cuDNN']:9.2f} {100 * gbs['cuDNN'] / copy:7.0f}% {100 * gbs['triton'] / copy:7.0f}%")
+
+
+def kernels_row(shape, channels_last, copy: float) -> tuple[float, float]:
+    x = torch.randn(shape, device="cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(x)
+    w, b = torch.rand(shape[1], device="cuda") + 0.5, torch.randn(shape[1], device="cuda")
+    y, mean, var, invstd, scale = triton_kernels.forward(x, w, b, 1e-5)
+    reference = torch.nn.functional.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+    assert torch.allclose(y, reference, rtol=1e-4, atol=1e-4), "forward disagrees with torch"
+    fwd = median_ms(lambda: triton_kernels.forward(x, w, b, 1e-5), 20)
+    bwd = median_ms(lambda: triton_kernels.backward(dy, x, mean, invstd, scale, True), 20)
+    size = x.numel() * 4
+    return 100 * 3 * size / (fwd / 1e3) / 1e9 / copy, 100 * 5 * size / (bwd / 1e3) / 1e9 / copy
+
+
+def kernels_table(copy: float) -> None:
+    print("\n2. Triton kernels alone, float32: % of copy bandwidth (goal >= 80 %)")
+    print(f"{'shape':>16} {'layout':>13} {'forward':>8} {'backward':>9}")
+    for shape, channels_last in LARGE:
+        fwd, bwd = kernels_row(shape, channels_last, copy)
+        layout = "channels-last" if channels_last else "contiguous"
+        print(f"{'x'.join(map(str, shape)):>16} {layout:>13} {fwd:7.0f}% {bwd:8.0f}%")
+
+
+def sweep(copy: float) -> None:
+    print("\n3. sweep: % of copy bandwidth, forward / backward")
+    defaults = (triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM)
+    print(f"{'tile':>5} {'warps':>5} {'prog/SM':>7} " + " ".join(f"{'x'.join(map(str, s)) + ('cl' if cl else ''):>18}"
+                                                         for s, cl in SWEEP))
+    configs = [(tile, warps, defaults[2]) for tile in (2048, 4096, 8192) for warps in (4, 8)]
+    configs += [(defaults[0], defaults[1], programs) for programs in (2, 8)]
+    for tile, warps, programs in configs:
+        triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM = tile, warps, programs
+        cells = [kernels_row(shape, cl, copy) for shape, cl in SWEEP]
+        print(f"{tile:5d} {warps:5d} {programs:7d} " + " ".join(f"{f:8.0f}% / {b:4.0f}%" for f, b in cells))
+    triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM = defaults
 
 
 def main() -> None:
     torch.manual_seed(0)
+    assert triton_kernels.triton is not None, "Triton is not installed"
     copy = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {copy:.0f} GB/s (read + write)")
-    print(f"{'shape':>18} {'torch ms':>9} {'bnlab ms':>9} {'ratio':>6} {'torch %copy':>11} {'bnlab %copy':>11}")
-    for shape in SHAPES:
-        layers = {}
-        for name, cls in (("torch", torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d),
-                          ("bnlab", BatchNorm2d if len(shape) == 4 else BatchNorm1d)):
-            layers[name] = cls(shape[1], device="cuda")
-        x = torch.randn(shape, device="cuda", requires_grad=True)
-        grad = torch.randn(shape, device="cuda")
-
-        def step(layer, x=x, grad=grad):
-            return lambda: layer(x).backward(grad)
-
-        iters = max(5, int(2e8 // (x.numel() * 4 * 8)))
-        times = {"torch": [], "bnlab": []}
-        for name in layers:
-            cuda_ms(step(layers[name]), 3)  # warm up
-        for repeat in range(7):
-            for name in (("torch", "bnlab") if repeat % 2 == 0 else ("bnlab", "torch")):
-                times[name].append(cuda_ms(step(layers[name]), iters))
-        t, b = statistics.median(times["torch"]), statistics.median(times["bnlab"])
-        bytes_moved = 8 * x.numel() * 4
-        t_bw, b_bw = bytes_moved / (t / 1e3) / 1e9, bytes_moved / (b / 1e3) / 1e9
-        print(f"{'x'.join(map(str, shape)):>18} {t:9.4f} {b:9.4f} {b / t:6.2f} {100 * t_bw / copy:10.0f}% "
-              f"{100 * b_bw / copy:10.0f}%")
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton "
+          f"{triton_kernels.triton.__version__} | copy {copy:.0f} GB/s (read + write)")
+    layers_table(copy)
+    kernels_table(copy)
+    if "--sweep" in sys.argv:
+        sweep(copy)
 
 
 if __name__ == "__main__":
