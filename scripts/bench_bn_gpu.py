@@ -20,7 +20,6 @@ from bnlab.nn import BatchNorm1d, BatchNorm2d, triton_kernels
 
 SHAPES = [(256, 1024), (60, 100), (128, 64, 32, 32), (128, 256, 8, 8), (64, 16, 8, 8), (256, 64, 56, 56)]
 LARGE = [((256, 64, 56, 56), False), ((256, 64, 56, 56), True), ((262144, 256), False), ((128, 256, 28, 28), False)]
-SWEEP = [LARGE[0], LARGE[2]]
 
 
 def cuda_ms(fn, iters: int) -> float:
@@ -103,16 +102,20 @@ def kernels_table(copy: float) -> None:
 
 def sweep(copy: float) -> None:
     print("\n3. sweep: % of copy bandwidth, forward / backward")
-    defaults = (triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM)
-    print(f"{'tile':>5} {'warps':>5} {'prog/SM':>7} " + " ".join(f"{'x'.join(map(str, s)) + ('cl' if cl else ''):>18}"
-                                                         for s, cl in SWEEP))
-    configs = [(tile, warps, defaults[2]) for tile in (2048, 4096, 8192) for warps in (4, 8)]
-    configs += [(defaults[0], defaults[1], programs) for programs in (2, 8)]
-    for tile, warps, programs in configs:
-        triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM = tile, warps, programs
-        cells = [kernels_row(shape, cl, copy) for shape, cl in SWEEP]
-        print(f"{tile:5d} {warps:5d} {programs:7d} " + " ".join(f"{f:8.0f}% / {b:4.0f}%" for f, b in cells))
-    triton_kernels.TILE, triton_kernels.NUM_WARPS, triton_kernels.PROGRAMS_PER_SM = defaults
+    names = ("TILE", "NUM_WARPS", "PROGRAMS_PER_SM")
+    defaults = tuple(getattr(triton_kernels, name) for name in names)
+    print(f"{'tile':>5} {'warps':>5} {'prog/SM':>7} "
+          + " ".join(f"{'x'.join(map(str, s)) + ('cl' if cl else ''):>16}" for s, cl in LARGE))
+    configs = [(4096, 4, 4), (2048, 4, 4), (8192, 4, 4), (4096, 8, 4), (4096, 4, 2), (4096, 4, 8)]
+    for config in configs:
+        for name, value in zip(names, config, strict=True):
+            setattr(triton_kernels, name, value)
+        cells = [kernels_row(shape, cl, copy) for shape, cl in LARGE]
+        tile, warps, programs = config
+        print(f"{tile:5d} {warps:5d} {programs:7d} "
+              + " ".join(f"{f:6.0f}% / {b:4.0f}%" for f, b in cells))
+    for name, value in zip(names, defaults, strict=True):
+        setattr(triton_kernels, name, value)
 
 
 def main() -> None:

@@ -98,6 +98,14 @@ if triton is not None:
         tl.store(pm2_ptr + split * C + c, m2, mask=cmask)
 
     @triton.jit
+    def _merge(n, mean, m2, axis: tl.constexpr):
+        """Chan's merge of many (count, mean, M2) summaries along an axis, written with sums (two passes)."""
+        total = tl.sum(n, axis=axis)
+        merged_mean = tl.sum(n * mean, axis=axis) / tl.maximum(total, 1.0)
+        d = mean - tl.expand_dims(merged_mean, axis)
+        return total, merged_mean, tl.sum(m2 + n * d * d, axis=axis)
+
+    @triton.jit
     def _forward_apply(x_ptr, y_ptr, pmean_ptr, pm2_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, invstd_ptr, scale_ptr,
                        R, C, S, sR, sC, sS, tiles_per_split, num_splits, eps_hi, eps_lo,
                        ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -109,13 +117,13 @@ if triton is not None:
         count = tl.zeros([BLOCK_C], ACC)
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
-        for p0 in range(0, num_splits, BLOCK_P):  # BLOCK_P splits at a time, merged as a tree
+        for p0 in range(0, num_splits, BLOCK_P):  # BLOCK_P splits at a time
             p = p0 + tl.arange(0, BLOCK_P)
             pmask = (p < num_splits)[:, None] & cmask[None, :]
             offs = p[:, None] * C + c[None, :]
             n_p = tl.where(pmask, _split_counts(p, R, S, tiles_per_split, BLOCK_R)[:, None], 0).to(ACC)
-            chunk = tl.reduce((n_p, tl.load(pmean_ptr + offs, mask=pmask, other=0.0),
-                               tl.load(pm2_ptr + offs, mask=pmask, other=0.0)), 0, _chan)
+            chunk = _merge(n_p, tl.load(pmean_ptr + offs, mask=pmask, other=0.0),
+                           tl.load(pm2_ptr + offs, mask=pmask, other=0.0), 0)
             count, mean, m2 = _chan(count, mean, m2, chunk[0], chunk[1], chunk[2])
         mean += tl.load(x_ptr + c * sC, mask=cmask, other=0.0).to(ACC)  # undo the shift by x[0, c, 0]
         var = m2 / (tl.zeros([BLOCK_C], ACC) + R * S)  # biased (R * S may be a compile-time 1)
