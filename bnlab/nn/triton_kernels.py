@@ -18,7 +18,10 @@ for channels-last ones and (N, C, 1) for 2-D ones. Tiles are (BLOCK_R, BLOCK_C, 
 contiguous dim (S, or C when S == 1) innermost, so loads are coalesced in every layout.
 """
 
+import contextlib
+import functools
 import os
+import struct
 
 import torch
 from torch import Tensor
@@ -235,34 +238,39 @@ def _layout(x: Tensor):
     return x, (n, c, s, c * s, s, 1)
 
 
-def _blocks(shape, element_size: int):
+def _blocks(shape, element_size: int, device: torch.device):
     """Tile shape (BLOCK_R, BLOCK_C, BLOCK_S) and the row split: (blocks, row tiles a split, grid)."""
-    r, c, s = shape[:3]
-    tile = TILE if element_size <= 4 else TILE // 2
+    return _plan(shape[:3], element_size, device, TILE, MAX_BLOCK_S, PROGRAMS_PER_SM)
+
+
+@functools.lru_cache(maxsize=1024)  # a layer sees few shapes; planning costs more host time than the launch
+def _plan(shape, element_size: int, device: torch.device, tile: int, max_block_s: int, programs_per_sm: int):
+    r, c, s = shape
+    tile = tile if element_size <= 4 else tile // 2
     if s == 1:  # channels innermost
         block_c = min(triton.next_power_of_2(c), 128)
         block_s = 1
     else:
         block_c = 1
-        block_s = _spatial_block(s)
+        block_s = _spatial_block(s, max_block_s)
     block_r = max(1, tile // (block_c * block_s))
     block_r = min(block_r, triton.next_power_of_2(r))
     channel_blocks = triton.cdiv(c, block_c)
     row_tiles = triton.cdiv(r, block_r)
-    target = PROGRAMS_PER_SM * _multiprocessors()
+    target = programs_per_sm * _multiprocessors(device)
     splits = max(1, min(row_tiles, triton.cdiv(target, channel_blocks)))
     tiles_per_split = triton.cdiv(row_tiles, splits)
     splits = triton.cdiv(row_tiles, tiles_per_split)
     return (block_r, block_c, block_s), tiles_per_split, (channel_blocks, splits)
 
 
-def _spatial_block(s: int) -> int:
+def _spatial_block(s: int, max_block_s: int) -> int:
     """BLOCK_S: the largest power of two (32 to MAX_BLOCK_S) that pads S by at most 1/16 (56*56 -> 256),
     else the power of two just above S (7*7 -> 64; shorter rows would cost coalescing)."""
     def padding(block):
         return triton.cdiv(s, block) * block - s
 
-    largest = block = min(triton.next_power_of_2(s), MAX_BLOCK_S)
+    largest = block = min(triton.next_power_of_2(s), max_block_s)
     while block > 32 and padding(block) > s // 16:
         block //= 2
     return block if padding(block) <= s // 16 else largest
@@ -276,10 +284,10 @@ def _merge_block(splits: int, block_c: int) -> int:
 _SMS: dict = {}
 
 
-def _multiprocessors() -> int:
-    device = torch.cuda.current_device() if torch.cuda.is_available() else -1
+def _multiprocessors(device: torch.device) -> int:
+    """The device's multiprocessor count (4 for a CPU tensor in Triton's interpreter)."""
     if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 4
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     return _SMS[device]
 
 
@@ -289,8 +297,26 @@ def _acc(x: Tensor):
 
 def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """As functional.forward_kernel: (y, mean, var, invstd, scale), var biased, per-channel tensors in float32/64."""
+    with _on(x.device):
+        return _forward(x, weight, bias, eps)
+
+
+def backward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, need_dx: bool):
+    """As functional.backward_kernel: (dx or None, grad_weight, grad_bias), per-channel ones in float32/64."""
+    with _on(x.device):
+        return _backward(dy, x, mean, invstd, scale, need_dx)
+
+
+def _on(device: torch.device):
+    """Launch on the tensor's GPU, not the current one (Triton launches on the current device)."""
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def _forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     x, shape = _layout(x)
-    (block_r, block_c, block_s), tiles_per_split, grid = _blocks(shape, x.element_size())
+    (block_r, block_c, block_s), tiles_per_split, grid = _blocks(shape, x.element_size(), x.device)
     acc, acc_dtype = _acc(x)
     c = shape[1]
     pmean = torch.empty(grid[1], c, device=x.device, dtype=acc_dtype)
@@ -300,7 +326,7 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     blocks = {"BLOCK_R": block_r, "BLOCK_C": block_c, "BLOCK_S": block_s}
     _forward_stats[grid](x, pmean, pm2, *shape, tiles_per_split, ACC=acc, num_warps=NUM_WARPS, **blocks)
     blocks["BLOCK_P"] = _merge_block(grid[1], block_c)
-    eps_hi = float(torch.tensor(eps, dtype=torch.float32))
+    eps_hi = struct.unpack("f", struct.pack("f", eps))[0]  # eps rounded to float32
     _forward_apply[grid](x, y, pmean, pm2, weight, bias, stats[0], stats[1], stats[2], stats[3],
                          *shape, tiles_per_split, grid[1], eps_hi, eps - eps_hi,
                          ACC=acc, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -308,12 +334,11 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     return y, stats[0], stats[1], stats[2], stats[3]
 
 
-def backward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, need_dx: bool):
-    """As functional.backward_kernel: (dx or None, grad_weight, grad_bias), per-channel ones in float32/64."""
+def _backward(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, need_dx: bool):
     x, shape = _layout(x)
     if dy.stride() != x.stride():  # the kernels index dy with x's strides
         dy = torch.empty_like(x).copy_(dy)
-    (block_r, block_c, block_s), tiles_per_split, grid = _blocks(shape, x.element_size())
+    (block_r, block_c, block_s), tiles_per_split, grid = _blocks(shape, x.element_size(), x.device)
     acc, acc_dtype = _acc(x)
     c = shape[1]
     pdy = torch.empty(grid[1], c, device=x.device, dtype=acc_dtype)
