@@ -82,7 +82,7 @@ if triton is not None:
         cmask = c < C
         r0 = split * tiles_per_split * BLOCK_R
         r_end = tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
-        shift = tl.load(x_ptr + c * sC, mask=cmask, other=0.0).to(ACC)  # x[0, c, 0]: see forward()
+        shift = tl.load(x_ptr + c * sC, mask=cmask, other=0.0).to(ACC)  # x[0, c, 0]: see the module docstring
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
         for t in range(0, tiles_per_split):  # the same bound in every program
