@@ -26,6 +26,8 @@ import struct
 import torch
 from torch import Tensor
 
+from bnlab.nn import functional
+
 try:
     import triton
     import triton.language as tl
@@ -60,6 +62,14 @@ if triton is not None:
         return offs, mask
 
     @triton.jit
+    def _program(C, R, tiles_per_split, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """This program's split, channels (and their mask) and rows [r0, r_end)."""
+        split = tl.program_id(1)
+        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        r0 = split * tiles_per_split * BLOCK_R
+        return split, c, c < C, r0, tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
+
+    @triton.jit
     def _chan(n1, mean1, m2_1, n2, mean2, m2_2):
         """Chan et al.'s merge of two (count, mean, M2) summaries; a count of 0 contributes nothing."""
         n = n1 + n2
@@ -77,11 +87,7 @@ if triton is not None:
     def _forward_stats(x_ptr, pmean_ptr, pm2_ptr, R, C, S, sR, sC, sS, tiles_per_split,
                        ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
         """Mean and M2 (sum of squared deviations) of each channel over one split's rows."""
-        split = tl.program_id(1)
-        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = c < C
-        r0 = split * tiles_per_split * BLOCK_R
-        r_end = tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
+        split, c, cmask, r0, r_end = _program(C, R, tiles_per_split, BLOCK_R, BLOCK_C)
         shift = tl.load(x_ptr + c * sC, mask=cmask, other=0.0).to(ACC)  # x[0, c, 0]: see the module docstring
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
@@ -114,9 +120,7 @@ if triton is not None:
                        ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
         """Merge the splits' statistics, store them (split 0), then y = x * scale + shift over this split."""
-        split = tl.program_id(1)
-        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = c < C
+        split, c, cmask, r0, r_end = _program(C, R, tiles_per_split, BLOCK_R, BLOCK_C)
         count = tl.zeros([BLOCK_C], ACC)
         mean = tl.zeros([BLOCK_C], ACC)
         m2 = tl.zeros([BLOCK_C], ACC)
@@ -147,8 +151,6 @@ if triton is not None:
             tl.store(invstd_ptr + c, invstd, mask=cmask)
             tl.store(scale_ptr + c, scale, mask=cmask)
 
-        r0 = split * tiles_per_split * BLOCK_R
-        r_end = tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
         for t in range(0, tiles_per_split):  # the same bound in every program
             rs = r0 + t * BLOCK_R
             for ss in range(0, S, BLOCK_S):
@@ -161,12 +163,8 @@ if triton is not None:
     def _backward_sums(dy_ptr, x_ptr, mean_ptr, pdy_ptr, pdyx_ptr, R, C, S, sR, sC, sS, tiles_per_split,
                        ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
         """sum(dy) and sum(dy * (x - mean)) of each channel over one split's rows."""
-        split = tl.program_id(1)
-        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = c < C
+        split, c, cmask, r0, r_end = _program(C, R, tiles_per_split, BLOCK_R, BLOCK_C)
         mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-        r0 = split * tiles_per_split * BLOCK_R
-        r_end = tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
         sum_dy = tl.zeros([BLOCK_C], ACC)
         sum_dyx = tl.zeros([BLOCK_C], ACC)
         for t in range(0, tiles_per_split):  # the same bound in every program
@@ -190,9 +188,7 @@ if triton is not None:
         With x_hat = (x - mean) * invstd and M values a channel,
         dx = scale * (dy - sum(dy) / M - x_hat * sum(dy * x_hat) / M).
         """
-        split = tl.program_id(1)
-        c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = c < C
+        split, c, cmask, r0, r_end = _program(C, R, tiles_per_split, BLOCK_R, BLOCK_C)
         sum_dy = tl.zeros([BLOCK_C], ACC)
         sum_dyx = tl.zeros([BLOCK_C], ACC)
         for p0 in range(0, num_splits, BLOCK_P):  # BLOCK_P splits at a time
@@ -212,8 +208,6 @@ if triton is not None:
             count = tl.zeros([BLOCK_C], ACC) + R * S
             k_x = -scale * invstd * grad_weight / count  # multiplies (x - mean)
             k_c = -scale * sum_dy / count
-            r0 = split * tiles_per_split * BLOCK_R
-            r_end = tl.minimum(r0 + tiles_per_split * BLOCK_R, R)
             for t in range(0, tiles_per_split):  # the same bound in every program
                 rs = r0 + t * BLOCK_R
                 for ss in range(0, S, BLOCK_S):
@@ -292,7 +286,9 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _acc(x: Tensor):
-    return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
+    """The compute dtype, as functional.py chooses it (float32 for half precision), for Triton and torch."""
+    dtype = functional._compute_dtype(x)
+    return (tl.float64 if dtype == torch.float64 else tl.float32), dtype
 
 
 def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
