@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from bnlab.figures import UNIT
+from bnlab.rowstats import histograms, percentiles, row_norms, sort_rows, stack_by_shape
 
 PERCENTILES = {"p15": 0.15, "p50": 0.50, "p85": 0.85}
 
@@ -40,69 +40,25 @@ def saturated_mask(activation: str, pre: torch.Tensor, post: torch.Tensor) -> to
     return torch.zeros_like(post, dtype=torch.bool)
 
 
-def percentiles(rows: torch.Tensor, qs: list[float]) -> torch.Tensor:
-    """Linear-interpolated percentiles of each row (numpy's default method): (L, n) -> (L, len(qs)).
-
-    On the CPU numpy sorts the rows (on the tensor's own memory; its vectorized sort is ~25x faster
-    than torch's, and ~8x faster than selecting six order statistics with np.partition); elsewhere
-    the device sorts. Only the order statistics around each percentile are read."""
-    rows = rows.detach()
-    rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # bf16/fp16 widened
-    n = rows.shape[-1]
-    position = torch.tensor(qs, dtype=torch.float64) * (n - 1)
-    lower = position.floor().long()
-    upper = torch.clamp(lower + 1, max=n - 1)
-    frac = (position - lower).to(rows.dtype).to(rows.device)
-    if rows.device.type == "cpu":
-        ordered = torch.from_numpy(np.sort(rows.numpy(), axis=-1))
-    else:
-        ordered = rows.sort(dim=-1).values
-    lower, upper = lower.to(rows.device), upper.to(rows.device)
-    return ordered[..., lower] * (1 - frac) + ordered[..., upper] * frac
-
-
-def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of each tensor, all in one multi-tensor op: (len,).
-
-    Accumulated in float64: the squares of a vanished float32 gradient (~1e-21 per element)
-    underflow float32, and its norm would read 0 instead of ~1e-18."""
-    try:
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-    except TypeError:  # a torch without the dtype argument: stack tensors of one shape, widen, reduce
-        result = torch.empty(len(tensors), dtype=torch.float64, device=tensors[0].device)
-        for indices, stacked in _stack_by_shape(tensors):
-            result[indices] = torch.linalg.vector_norm(stacked.double(), dim=1)
-        return result
-
-
-def _std(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Population std of each row, two-pass (torch's own std reduction is several times slower on CPU)."""
-    return (rows - mean[:, None]).square_().mean(dim=1).sqrt_()
-
-
-def _stack_by_shape(tensors: list[torch.Tensor]):
-    """(indices, (len(indices), numel) stack) for each group of tensors sharing a shape and dtype."""
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
-    for indices in groups.values():
-        yield torch.tensor(indices, device=tensors[0].device), torch.stack(
-            [tensors[i].reshape(-1) for i in indices])
-
-
 @dataclass
 class Measurement:
-    """One step's statistics: `values[i]` is the value of `tags[i]` (float64, on the device), and
-    {tag: tensor} values to histogram."""
+    """One step's statistics, all on the device: `values[i]` (float64) is the value of `tags[i]`, and
+    `histogram_rows[i]` the histogram of `histogram_tags[i]` (the columns of `bnlab.rowstats.histograms`)."""
 
     tags: list[str] = field(default_factory=list)
     values: torch.Tensor | None = None
-    histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+    histogram_tags: list[str] = field(default_factory=list)
+    histogram_rows: torch.Tensor | None = None
 
     @property
     def scalars(self) -> dict[str, torch.Tensor]:
         """{tag: 0-d tensor}: convenient for tests; the writer uses tags and values directly."""
         return dict(zip(self.tags, self.values, strict=True)) if self.tags else {}
+
+
+def _std(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Population std of each row, two-pass (torch's own std reduction is several times slower on CPU)."""
+    return (rows - mean[:, None]).square_().mean(dim=1).sqrt_()
 
 
 class Probes:
@@ -197,31 +153,44 @@ class Capture:
         add("update_ratio", self.names, row_norms(steps) / weight_norms)
         if self.output_grads:
             add("grad_norm/output", list(self.output_grads), row_norms(list(self.output_grads.values())))
-        self._add_activation_stats(add)
-        histograms = {}
-        if self.histograms:
-            histograms = {f"preact/{name}": pre for name, (pre, _) in self.pre_post.items()}
-            histograms.update({f"grad/weight/{name}": grad for name, grad in self.weight_grads.items()})
-        return Measurement(tags, torch.cat(values) if values else None, histograms)
+        sorted_preacts = self._add_activation_stats(add)
+        histogram_tags, histogram_rows = [], None
+        if self.histograms:  # each tensor sorted once: the preactivations' sorts are the percentiles' own
+            groups = [ordered for _, ordered in sorted_preacts]
+            histogram_tags = [f"preact/{name}" for group, _ in sorted_preacts for name in group]
+            grad_names, grads = list(self.weight_grads), list(self.weight_grads.values())
+            for indices, stacked in stack_by_shape(grads):
+                groups.append(sort_rows(stacked))
+                histogram_tags += [f"grad/weight/{grad_names[i]}" for i in indices]
+            histogram_rows = histograms(groups) if groups else None
+        return Measurement(tags, torch.cat(values) if values else None, histogram_tags, histogram_rows)
 
-    def _add_activation_stats(self, add) -> None:
+    def _add_activation_stats(self, add) -> list[tuple[list[str], torch.Tensor]]:
+        """Add the activation statistics; return (layer names, their preactivations sorted) per group."""
         names = list(self.pre_post)
         pres = [self.pre_post[name][0] for name in names]
         posts = [self.pre_post[name][1] for name in names]
-        for indices, pre in _stack_by_shape(pres):  # (L, n): the layers of one shape, one op per statistic
-            group = [names[i] for i in indices.tolist()]
-            post = torch.stack([posts[i].reshape(-1) for i in indices.tolist()])  # (L, n)
+        qs = list(PERCENTILES.values())
+        sorted_groups = []
+        for indices, pre in stack_by_shape(pres):  # (L, n): the layers of one shape, one op per statistic
+            group = [names[i] for i in indices]
+            post = torch.stack([posts[i].reshape(-1) for i in indices])  # (L, n)
             pre_mean, post_mean = pre.mean(dim=1), post.mean(dim=1)
             add("preact/mean", group, pre_mean)
             add("preact/std", group, _std(pre, pre_mean))
-            quantiles = percentiles(pre, list(PERCENTILES.values()))  # (L, 3)
+            ordered = sort_rows(pre)
+            sorted_groups.append((group, ordered))
+            quantiles = percentiles(ordered, qs)  # (L, 3)
             for column, key in enumerate(PERCENTILES):
                 add(f"preact/{key}", group, quantiles[:, column])
-            unit = torch.stack([pres[i][:, UNIT].reshape(-1) for i in indices.tolist()])  # (L, batch[*H*W])
-            quantiles = percentiles(unit, list(PERCENTILES.values()))
+            # one unit over the batch (and positions): rows are (batch, channels, rest) in logical order
+            batch, channels = pres[indices[0]].shape[:2]
+            unit = pre.view(len(indices), batch, channels, -1)[:, :, UNIT].reshape(len(indices), -1)
+            quantiles = percentiles(sort_rows(unit), qs)
             for column, key in enumerate(PERCENTILES):
                 add(f"preact/unit{UNIT}/{key}", group, quantiles[:, column])
             add("act/mean", group, post_mean)
             add("act/std", group, _std(post, post_mean))
-            saturated = saturated_mask(self.activation_name, pre, post)
-            add("act/saturated", group, saturated.sum(dim=1, dtype=torch.float64) / saturated.shape[1])
+            saturated = torch.count_nonzero(saturated_mask(self.activation_name, pre, post), dim=1)
+            add("act/saturated", group, saturated.double() / post.shape[1])
+        return sorted_groups

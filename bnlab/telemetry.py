@@ -50,15 +50,13 @@ class Telemetry:
     def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Write this step's records: `always` (loss, lr) plus the probes' statistics."""
         values = _to_host(always)
-        histograms: dict[str, torch.Tensor] = {}
         if self._measuring:
             measurement = self.probes.finish()
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
-            histograms = measurement.histograms
+            self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)
             self._measuring = False
         self.writer.scalars(step, values)
-        self.writer.histograms(step, histograms)
         self.last.update(values)
         if self.probes is not None:
             if not self.initial:

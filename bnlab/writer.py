@@ -2,7 +2,7 @@
 
 It does not know how the numbers were computed. Scalars of one step go out as one
 event (one protobuf with many values) rather than one event per tag; histograms are
-binned on the device and cross to the host in one transfer. The HParams records go
+binned on the device (`bnlab.rowstats`) and cross to the host in one transfer. The HParams records go
 into the run's own directory, not the extra sub-run `SummaryWriter.add_hparams`
 creates, so TensorBoard's HParams view lines up a sweep's runs directly.
 """
@@ -18,8 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from bnlab import checksums
+from bnlab.rowstats import HISTOGRAM_BINS, HISTOGRAM_HEAD, histograms, sort_rows, stack_by_shape
 
-HISTOGRAM_BINS = 30
 LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
 
 
@@ -39,14 +39,24 @@ class RunWriter:
         self._events.add_summary(summary, step)
 
     def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Histograms of raw tensors (binned on their device, as `numpy.histogram` bins them)."""
         if not tensors:
             return
-        tags, rows = _histogram_rows(list(tensors.items()))
+        tags, groups = [], []
+        names, values = list(tensors), list(tensors.values())
+        for indices, stacked in stack_by_shape([value.detach() for value in values]):
+            tags += [names[i] for i in indices]
+            groups.append(sort_rows(stacked))
+        self.histogram_rows(step, tags, histograms(groups))
+
+    def histogram_rows(self, step: int, tags: list[str], rows: torch.Tensor | None) -> None:
+        """Histograms already binned by `bnlab.rowstats.histograms`, one row per tag."""
+        if not tags:
+            return
         values = []
         for tag, row in zip(tags, rows.tolist(), strict=True):  # one host transfer
-            low, high, count, total, total_sq, *buckets = row
-            width = (high - low) / HISTOGRAM_BINS or 1.0
-            limits = [low + width * (i + 1) for i in range(HISTOGRAM_BINS)]
+            low, high, count, total, total_sq = row[:HISTOGRAM_HEAD]
+            buckets, limits = row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS], row[HISTOGRAM_HEAD + HISTOGRAM_BINS:]
             proto = HistogramProto(min=low, max=high, num=count, sum=total, sum_squares=total_sq,
                                    bucket_limit=limits, bucket=buckets)
             values.append(Summary.Value(tag=tag, histo=proto))
@@ -110,26 +120,3 @@ class RunWriter:
 
     def close(self) -> None:
         self._writer.close()
-
-
-def _histogram_rows(items: list[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
-    """Per tensor: [min, max, count, sum, sum of squares, bucket counts...], computed on the device,
-    tensors of one shape stacked so that each step of the computation is one op for all of them."""
-    groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-    for tag, tensor in items:
-        groups.setdefault(tuple(tensor.shape), []).append((tag, tensor))
-    tags, blocks = [], []
-    for group in groups.values():
-        flat = torch.stack([t.detach().reshape(-1).float() for _, t in group])  # (L, n)
-        low, high = flat.amin(dim=1), flat.amax(dim=1)  # (torch.aminmax with dim is ~9x slower on CPU)
-        span = torch.clamp(high - low, min=1e-30)
-        # bin = floor((x - min) / span * bins), the last edge inclusive; one temporary, int32 for bincount
-        scaled = (flat - low[:, None]).div_(span[:, None]).mul_(HISTOGRAM_BINS)
-        index = scaled.to(torch.int32).clamp_(0, HISTOGRAM_BINS - 1)
-        index += torch.arange(len(group), device=flat.device, dtype=torch.int32)[:, None] * HISTOGRAM_BINS
-        counts = torch.bincount(index.reshape(-1), minlength=len(group) * HISTOGRAM_BINS)
-        count = torch.full_like(low, flat.shape[1])
-        head = torch.stack([low, high, count, flat.sum(dim=1), flat.square().sum(dim=1)], dim=1)  # (L, 5)
-        blocks.append(torch.cat([head, counts.reshape(len(group), HISTOGRAM_BINS).float()], dim=1))
-        tags += [tag for tag, _ in group]
-    return tags, torch.cat(blocks)  # (tensors, 5 + bins)

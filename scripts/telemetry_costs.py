@@ -17,7 +17,7 @@ from bnlab.bench import _trainer
 
 CALLS = [(telemetry.Telemetry, "start"), (telemetry.Telemetry, "finish"), (telemetry.Telemetry, "close"),
          (probes.Probes, "capture"), (probes.Capture, "measure"), (writer.RunWriter, "scalars"),
-         (writer.RunWriter, "histograms"), (images.ImageLog, "render")]
+         (writer.RunWriter, "histogram_rows"), (images.ImageLog, "render")]
 
 
 def main() -> None:

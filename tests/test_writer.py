@@ -25,9 +25,10 @@ def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path):
     for tag, tensor in tensors.items():
         histogram = accumulator.Histograms(tag)[0].histogram_value
         values = tensor.numpy().ravel().astype(np.float64)
-        counts, _ = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
+        counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
         assert accumulator.Histograms(tag)[0].step == 7
         assert list(histogram.bucket) == counts.tolist()
+        assert list(histogram.bucket_limit) == edges[1:].tolist()
         assert histogram.min == np.float32(values.min()) and histogram.max == np.float32(values.max())
         assert histogram.num == values.size
         assert np.isclose(histogram.sum, values.sum(), rtol=1e-5)
