@@ -64,6 +64,22 @@ def new_figure(width_px: int = 640, height_px: int = 400, nrows: int = 1, ncols:
     return figure, axes
 
 
+def reuse(figure):
+    """`figure` emptied of what was drawn on it (lines, fills, texts, legends) but not of its axes.
+
+    Drawing the next image of the same kind on it skips matplotlib's costliest work, building
+    axes and their ticks: half the time of a TensorBoard image. The axes' limits are recomputed
+    from what is drawn next, as on a new figure."""
+    for ax in figure.axes:
+        for artist in [*ax.lines, *ax.collections, *ax.texts, *ax.patches]:
+            artist.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.relim()
+        ax.set_autoscale_on(True)
+    return figure
+
+
 def png(figure) -> tuple[bytes, int, int]:
     """The figure as PNG bytes, with its width and height in pixels."""
     buffer = io.BytesIO()
@@ -109,13 +125,18 @@ def draw_band(ax, x, p15, p50, p85, color: str = "C0") -> None:
     ax.plot(x, p85, color=color, linewidth=0.7)
 
 
-def gradient_figure(output: list[ProfileLine], weight: list[ProfileLine], title: str, note: str = ""):
+def gradient_figure(output: list[ProfileLine], weight: list[ProfileLine], title: str, note: str = "",
+                    figure=None):
     """profile/gradients: ‖∂L/∂(layer output)‖ and ‖∂L/∂W‖ across depth, with `note` boxed in the first panel.
 
     TensorBoard shows images at about half size, so the type is larger than a report figure's.
+    `figure`: one this function drew before, to draw on again (see `reuse`).
     """
-    margins = {"left": 0.12, "right": 0.985, "bottom": 0.12, "top": 0.87, "wspace": 0.38}
-    figure, (left, right) = new_figure(640, 400, 1, 2, margins, sharey=False)
+    if figure is None:
+        margins = {"left": 0.12, "right": 0.985, "bottom": 0.12, "top": 0.87, "wspace": 0.38}
+        figure, (left, right) = new_figure(640, 400, 1, 2, margins, sharey=False)
+    else:
+        left, right = reuse(figure).axes
     draw_profiles(left, output, "‖∂L/∂(layer output)‖")
     draw_profiles(right, weight, "‖∂L/∂W‖")
     left.set_title("back-propagated gradient", fontsize=11, y=1.0)  # a fixed title position skips a costly layout pass
@@ -141,10 +162,15 @@ def profiles_figure(lines: list[ProfileLine], ylabel: str, title: str):
 
 
 def activation_figure(p15: list[float], p50: list[float], p85: list[float], saturated: list[float],
-                      title: str):
-    """profile/activations: the preactivation percentile band and the saturated fraction across depth."""
-    margins = {"left": 0.13, "right": 0.975, "bottom": 0.12, "top": 0.89, "hspace": 0.15}
-    figure, (top, bottom) = new_figure(640, 400, 2, 1, margins, sharex=True, height_ratios=[3, 2])
+                      title: str, figure=None):
+    """profile/activations: the preactivation percentile band and the saturated fraction across depth.
+
+    `figure`: one this function drew before, to draw on again (see `reuse`)."""
+    if figure is None:
+        margins = {"left": 0.13, "right": 0.975, "bottom": 0.12, "top": 0.89, "hspace": 0.15}
+        figure, (top, bottom) = new_figure(640, 400, 2, 1, margins, sharex=True, height_ratios=[3, 2])
+    else:
+        top, bottom = reuse(figure).axes
     layers = list(range(len(p50)))
     draw_band(top, layers, p15, p50, p85, color="C0")
     top.set_ylabel("preactivation")
@@ -163,11 +189,18 @@ def activation_figure(p15: list[float], p50: list[float], p85: list[float], satu
     return figure
 
 
-def bands_figure(bands: list[Band], title: str):
-    """Figure-1 panels: one layer's preactivation percentiles over training, one panel per band."""
+def bands_figure(bands: list[Band], title: str, figure=None):
+    """Figure-1 panels: one layer's preactivation percentiles over training, one panel per band.
+
+    `figure`: one this function drew before with as many bands, to draw on again (see `reuse`)."""
     nrows, ncols = _grid(len(bands))
-    margins = {"left": 0.11, "right": 0.975, "bottom": 0.12, "top": 0.84} if len(bands) == 1 else None
-    figure, axes = new_figure(*_panels_size(len(bands)), nrows, ncols, margins, squeeze=False, sharey=True)
+    if figure is None:
+        margins = {"left": 0.11, "right": 0.975, "bottom": 0.12, "top": 0.84} if len(bands) == 1 else None
+        figure, axes = new_figure(*_panels_size(len(bands)), nrows, ncols, margins, squeeze=False, sharey=True)
+    else:
+        import numpy as np
+
+        axes = np.array(reuse(figure).axes).reshape(nrows, ncols)
     for ax, band in zip(axes.flat, bands, strict=False):
         draw_band(ax, band.steps, band.p15, band.p50, band.p85)
         if band.title:

@@ -132,3 +132,45 @@ def test_log_axes_over_many_decades_drop_minor_ticks_and_short_ones_keep_them():
                                        [plots.ProfileLine(values, "now", "C1")], "t")
         left = figure.axes[0]
         assert bool(left.yaxis.get_minorticklocs().size) == minor, values
+
+
+def _values(depth: int, decay: float, scale: float, band: float) -> dict[str, float]:
+    """Telemetry values of a `depth`-layer run: gradient norms falling by `decay` a layer, percentiles around 0."""
+    values = {}
+    for i in range(depth + 1):
+        name = f"layer{i:02d}"
+        values[f"grad_norm/output/{name}"] = scale * decay ** i
+        values[f"grad_norm/weight/{name}"] = 2 * scale * decay ** i
+        if i < depth:
+            values |= {f"preact/mean/{name}": i / 20, f"preact/p15/{name}": -band - i / 10,
+                       f"preact/p50/{name}": i / 20, f"preact/p85/{name}": band + i / 10,
+                       f"act/saturated/{name}": i / (2 * depth)}
+    return values
+
+
+def test_an_image_drawn_on_the_previous_image_s_figure_equals_one_drawn_on_a_new_figure():
+    import matplotlib.image
+
+    from bnlab import images
+
+    def draw(step, initial, current, history):
+        return {tag: matplotlib.image.imread(__import__("io").BytesIO(png), format="png")
+                for tag, _, (png, _, _) in images.draw("mlp · test", step, initial, current, history)}
+
+    first = _values(6, 1e-2, 1.0, 3.0)  # gradients over 12 decades: minor ticks dropped
+    second = _values(4, 0.7, 1e-3, 0.5)  # fewer layers, 2 decades: minor ticks back; other limits
+    history = [(0, {k: v for k, v in first.items() if k.endswith("layer05")})]
+    second_history = [(0, {k: v for k, v in second.items() if k.endswith("layer03")}),
+                      (10, {k: v * 2 for k, v in second.items() if k.endswith("layer03")})]
+    images._FIGURES.clear()
+    before = draw(0, first, first, history)
+    assert set(images._FIGURES) == set(IMAGE_TAGS)
+    x_range = images._FIGURES["profile/activations"].axes[0].get_xlim()
+    assert x_range[1] - x_range[0] > 5  # six layers drawn
+    reused = draw(10, first, second, second_history)
+    images._FIGURES.clear()
+    fresh = draw(10, first, second, second_history)
+    for tag in IMAGE_TAGS:
+        assert reused[tag].shape == fresh[tag].shape == (400, 640, 4)
+        assert (reused[tag] == fresh[tag]).all(), tag
+        assert (reused[tag] != before[tag]).any(), tag
