@@ -17,16 +17,18 @@ import sys
 import threading
 
 _FAILED = object()
-_shared: Drawer | None = None
+_shared: list[Drawer] = []
 
 
-def shared_drawer() -> Drawer:
-    """This process's drawing child, started on first use and kept for the next run: a sweep's jobs
-    run one after another in one process, and each start costs a matplotlib import (~0.5 s)."""
+def shared_drawers(count: int) -> list[Drawer]:
+    """This process's `count` drawing children, started on first use and kept for the next run: a
+    sweep's jobs run one after another in one process, and each start costs a matplotlib import
+    (~0.5 s). A child with results still due (a run that failed) or that has exited is replaced."""
     global _shared
-    if _shared is None or _shared.pending or _shared._process.poll() is not None:
-        _shared = Drawer()
-    return _shared
+    _shared = [drawer if not drawer.pending and drawer._process.poll() is None else Drawer()
+               for drawer in _shared[:count]]
+    _shared += [Drawer() for _ in range(count - len(_shared))]
+    return list(_shared)
 
 
 class Drawer:
