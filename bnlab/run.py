@@ -45,6 +45,8 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     diverged_at: int | None = None
+    telemetry_seconds: float = 0.0  # wall time inside telemetry's own calls (probes' hooks aside)
+    measured_steps: int = 0  # steps that ran with the probes' hooks
 
 
 class NullProgress:
@@ -200,7 +202,9 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         writer.hparams_end(status)
         writer.close()
     summary.write(run_dir, record)
-    return RunResult(run_dir, status, record["steps"], record["metrics"], record["error"], record["diverged_at"])
+    seconds, measured = (telemetry.seconds, telemetry.measured_steps) if telemetry is not None else (0.0, 0)
+    return RunResult(run_dir, status, record["steps"], record["metrics"], record["error"], record["diverged_at"],
+                     seconds, measured)
 
 
 def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, checkpoint_path,

@@ -13,11 +13,27 @@ thread's Python, and the training thread then waits for it in turn.
 
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 
 from bnlab.figures import hidden_layers
 from bnlab.probes import Probes
 from bnlab.writer import RunWriter
+
+
+def _timed(method):
+    """Add the wall time of each call to `self.seconds`: what telemetry cost this run, hooks aside."""
+    @functools.wraps(method)
+    def timed(self, *args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - begin
+
+    return timed
 
 
 class Telemetry:
@@ -36,17 +52,22 @@ class Telemetry:
         self._measuring = False
         self._layout_written = False
         self.total_steps = total_steps
+        self.seconds = 0.0  # spent in start, finish, render_final and close (bnlab bench reads it)
+        self.measured_steps = 0  # steps whose forward and backward passes ran with the probes' hooks
 
     def due(self, step: int) -> bool:
         """Step 0 (the gradient before any update), every `log.every` steps, and the last step."""
         return step % self.every == 0 or step == self.total_steps - 1
 
+    @_timed
     def start(self, step: int) -> None:
         """Attach the probes for this step's forward and backward pass (if telemetry is on)."""
         self._measuring = self.probes is not None
         if self._measuring:
+            self.measured_steps += 1
             self.probes.start(histograms=step % self.hist_every == 0)
 
+    @_timed
     def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Write this step's records: `always` (loss, lr) plus the probes' statistics."""
         values = _to_host(always)
@@ -76,11 +97,13 @@ class Telemetry:
         self.writer.scalars(step, values)
         self.last.update(values)
 
+    @_timed
     def render_final(self, step: int) -> None:
         """The last image, at the run's last step, unless that step already has one."""
         if self.images is not None and self.history and not self.images.rendered(step):
             self.images.render(self.writer, step, self.initial, self.last, self.history)
 
+    @_timed
     def close(self) -> None:
         """Wait for images still being drawn and write them (before the writer closes)."""
         if self.images is not None:

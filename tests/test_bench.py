@@ -28,6 +28,17 @@ def test_telemetry_and_loop_benches_measure_each_target_side_by_side():
     assert "torch" in machine()
 
 
+def test_runs_count_the_steps_they_measured_and_the_time_their_telemetry_took(tmp_path):
+    from bnlab.bench import _trainer, hook_seconds
+
+    tiny = ["train.steps=12", "log.every=5", "model.depth=3", "model.width=8"]
+    on = _trainer(tiny + ["log.images=false"], tmp_path / "on")()
+    off = _trainer(tiny + ["log.enabled=false"], tmp_path / "off")()
+    assert on.measured_steps == 4 and off.measured_steps == 0  # steps 0, 5, 10 and the last, 11
+    assert on.telemetry_seconds > 0 and off.telemetry_seconds > 0  # the off run still writes the loss
+    assert math.isfinite(hook_seconds(tiny, repeats=4)) and hook_seconds(tiny, repeats=4) >= 0
+
+
 def test_the_bn_bench_times_and_weighs_both_layers_at_each_shape():
     report = bench_bn(shapes=[(8, 4), (4, 3, 2, 2)], repeats=1, min_repeat_s=0.001, threads=1)
     assert [row.shape for row in report.rows] == [(8, 4), (4, 3, 2, 2)]
