@@ -60,7 +60,8 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 
 def _trainer(overrides: list[str], work: Path):
-    """A callable that runs bnlab's real training function once in a fresh directory; returns its RunResult."""
+    """A callable that runs bnlab's real training function once in a fresh directory; returns its RunResult
+    and the CPU time of this thread during the run."""
     from bnlab.launch import compose_config
     from bnlab.run import train
 
@@ -75,10 +76,12 @@ def _trainer(overrides: list[str], work: Path):
             from bnlab.images import ImageLog
 
             images = ImageLog(cfg)
+        cpu = time.thread_time()
         result = train(cfg, run_dir, overrides, images=images)
+        cpu = time.thread_time() - cpu
         if result.status != "completed":
             raise RuntimeError(f"benchmark run ended {result.status}: {result.error}")
-        return result
+        return result, cpu
 
     return run
 
@@ -130,10 +133,11 @@ def bench_telemetry(steps: int = 1000, repeats: int = 5) -> list[TargetRow]:
     """Default telemetry and everything-every-step against telemetry off, on the default run.
 
     Two figures for each. The direct account: within each run, the wall time inside telemetry's own
-    calls (measuring, writing, waiting for the last images) plus the hooks' cost per measured step,
-    minus what the off run spends in the same calls; the ratio run / (run - that) is immune to the
-    machine's speed, which here swings by up to 2x for seconds at a time and moves whole runs. The
-    end-to-end ratio of interleaved runs shows the same cost through that noise."""
+    calls (measuring, writing, waiting for the last images), the hooks' cost per measured step, and
+    the time the training thread waited outside those calls (wall minus its CPU time: another process
+    or thread holding its core or the GIL), each minus the off run's; the ratio run / (run - that)
+    is immune to the machine's speed, which here swings by up to 2x for seconds at a time and moves
+    whole runs. The end-to-end ratio of interleaved runs shows the same cost through that noise."""
     base = [f"train.steps={steps}"]
     configs = {"off": base + ["log.enabled=false"], "default": base,
                "every_step": base + ["log.every=1", "log.hist_every=1"]}
@@ -148,8 +152,12 @@ def bench_telemetry(steps: int = 1000, repeats: int = 5) -> list[TargetRow]:
     for name, label, target in (("default", "default log.every, histograms, images vs off", 0.05),
                                 ("every_step", "every statistic at every step vs off", 0.50)):
         accounts = []
-        for wall, result, off in zip(times[name], results[name], results["off"], strict=True):
-            extra = result.telemetry_seconds - off.telemetry_seconds + result.measured_steps * hooks
+        for wall, off_wall, (result, cpu), (off, off_cpu) in zip(times[name], times["off"], results[name],
+                                                                 results["off"], strict=True):
+            waited = wall - cpu - (result.telemetry_seconds - result.telemetry_cpu_seconds)
+            off_waited = off_wall - off_cpu - (off.telemetry_seconds - off.telemetry_cpu_seconds)
+            extra = (result.telemetry_seconds - off.telemetry_seconds + result.measured_steps * hooks
+                     + waited - off_waited)
             accounts.append(wall / (wall - extra))
         account, end_to_end = statistics.median(accounts), median_ratio(times[name], times["off"])
         rows.append(TargetRow(

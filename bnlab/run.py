@@ -46,6 +46,7 @@ class RunResult:
     error: str | None = None
     diverged_at: int | None = None
     telemetry_seconds: float = 0.0  # wall time inside telemetry's own calls (probes' hooks aside)
+    telemetry_cpu_seconds: float = 0.0  # this thread's CPU time inside them
     measured_steps: int = 0  # steps that ran with the probes' hooks
 
 
@@ -202,9 +203,10 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         writer.hparams_end(status)
         writer.close()
     summary.write(run_dir, record)
-    seconds, measured = (telemetry.seconds, telemetry.measured_steps) if telemetry is not None else (0.0, 0)
+    spent = (0.0, 0.0, 0) if telemetry is None else (telemetry.seconds, telemetry.cpu_seconds,
+                                                      telemetry.measured_steps)
     return RunResult(run_dir, status, record["steps"], record["metrics"], record["error"], record["diverged_at"],
-                     seconds, measured)
+                     spent[0], spent[1], spent[2])
 
 
 def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, checkpoint_path,

@@ -24,14 +24,16 @@ from bnlab.writer import RunWriter
 
 
 def _timed(method):
-    """Add the wall time of each call to `self.seconds`: what telemetry cost this run, hooks aside."""
+    """Add the wall and thread CPU time of each call to `self.seconds` and `self.cpu_seconds`: what
+    telemetry cost this run, hooks aside (wall minus CPU: waiting, e.g. for the last images)."""
     @functools.wraps(method)
     def timed(self, *args, **kwargs):
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.thread_time()
         try:
             return method(self, *args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - begin
+            self.cpu_seconds += time.thread_time() - cpu
 
     return timed
 
@@ -52,7 +54,7 @@ class Telemetry:
         self._measuring = False
         self._layout_written = False
         self.total_steps = total_steps
-        self.seconds = 0.0  # spent in start, finish, render_final and close (bnlab bench reads it)
+        self.seconds = self.cpu_seconds = 0.0  # in start, finish, render_final and close (bnlab bench reads them)
         self.measured_steps = 0  # steps whose forward and backward passes ran with the probes' hooks
 
     def due(self, step: int) -> bool:

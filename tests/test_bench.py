@@ -32,10 +32,11 @@ def test_runs_count_the_steps_they_measured_and_the_time_their_telemetry_took(tm
     from bnlab.bench import _trainer, hook_seconds
 
     tiny = ["train.steps=12", "log.every=5", "model.depth=3", "model.width=8"]
-    on = _trainer(tiny + ["log.images=false"], tmp_path / "on")()
-    off = _trainer(tiny + ["log.enabled=false"], tmp_path / "off")()
+    on, on_cpu = _trainer(tiny + ["log.images=false"], tmp_path / "on")()
+    off, _ = _trainer(tiny + ["log.enabled=false"], tmp_path / "off")()
     assert on.measured_steps == 4 and off.measured_steps == 0  # steps 0, 5, 10 and the last, 11
     assert on.telemetry_seconds > 0 and off.telemetry_seconds > 0  # the off run still writes the loss
+    assert 0 < on.telemetry_cpu_seconds < on_cpu
     assert math.isfinite(hook_seconds(tiny, repeats=4)) and hook_seconds(tiny, repeats=4) >= 0
 
 

@@ -174,3 +174,21 @@ def test_an_image_drawn_on_the_previous_image_s_figure_equals_one_drawn_on_a_new
         assert reused[tag].shape == fresh[tag].shape == (400, 640, 4)
         assert (reused[tag] == fresh[tag]).all(), tag
         assert (reused[tag] != before[tag]).any(), tag
+
+
+def test_a_drawing_process_draws_its_tags_at_the_lowest_priority():
+    import os
+
+    from bnlab.drawer import Drawer
+
+    values = _values(3, 0.5, 1.0, 1.0)
+    drawer = Drawer()
+    try:
+        drawer.submit("mlp · test", 4, values, values, [(0, values)], ("profile/activations",))
+        ((tag, step, (png, width, height)),) = drawer.finished(wait=True)[0]
+        assert (tag, step, png_size(png)) == ("profile/activations", 4, (width, height))
+        # it never takes a core from the training loop
+        assert os.getpriority(os.PRIO_PROCESS, drawer._process.pid) == 19
+    finally:
+        drawer._process.stdin.close()
+        drawer._process.wait(timeout=30)
