@@ -29,11 +29,30 @@ def stack_by_shape(tensors: list[torch.Tensor]):
         yield indices, torch.stack([tensors[i].reshape(-1) for i in indices])
 
 
-def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of each tensor, all in one multi-tensor op: (len,).
+# A float32 norm accumulates squares in float32: squares of elements below ~1e-19 underflow and above
+# ~1e19 overflow. Where the norm is below this (or not finite), the lost squares could matter.
+EXACT_NORM_FLOOR = 1e-12
 
-    Accumulated in float64: the squares of a vanished float32 gradient (~1e-21 per element)
-    underflow float32, and its norm would read 0 instead of ~1e-18."""
+
+def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each tensor: (len,) float64.
+
+    On the CPU each norm is first taken in the tensor's own dtype, all in one multi-tensor op, and
+    only the tensors whose float32 norm is below EXACT_NORM_FLOOR or not finite (a vanished or
+    exploded gradient: squares of 1e-21 underflow float32, and its norm would read 0 instead of
+    ~1e-18) are taken again in float64; squares lost below the floor change a norm above it by
+    under 1e-8 relative. Widening every tensor to float64 cost twice as much (the copies). On
+    other devices every norm is taken in float64 (a host read to find the few would cost more)."""
+    if tensors[0].device.type != "cpu" or tensors[0].dtype == torch.float64:
+        return _norms64(tensors)
+    norms = torch.stack(torch._foreach_norm(tensors, 2)).double()
+    redo = ((norms < EXACT_NORM_FLOOR) | ~torch.isfinite(norms)).nonzero().flatten().tolist()
+    if redo:
+        norms[redo] = _norms64([tensors[i] for i in redo])
+    return norms
+
+
+def _norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
     try:
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
     except TypeError:  # a torch without the dtype argument: stack tensors of one shape, widen, reduce

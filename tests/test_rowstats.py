@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.rowstats import HISTOGRAM_BINS, HISTOGRAM_HEAD, histograms, percentiles, row_norms, sort_rows
+from bnlab.rowstats import (
+    EXACT_NORM_FLOOR,
+    HISTOGRAM_BINS,
+    HISTOGRAM_HEAD,
+    histograms,
+    percentiles,
+    row_norms,
+    sort_rows,
+)
 
 
 def _expected_row(values: np.ndarray) -> list[float]:
@@ -75,3 +83,18 @@ def test_vanished_gradients_are_measured_not_rounded_to_zero():
     g = torch.full((64, 128), 1e-25, dtype=torch.float32)
     assert row_norms([g, 2 * g])[0].item() == pytest.approx(1e-25 * np.sqrt(64 * 128), rel=1e-6)
     assert row_norms([g, 2 * g])[1].item() == pytest.approx(2e-25 * np.sqrt(64 * 128), rel=1e-6)
+
+
+def test_float32_norms_are_exact_to_float32_and_tiny_or_huge_ones_to_float64():
+    torch.manual_seed(3)
+    ordinary = [torch.randn(128, 128) * scale for scale in (1e-3, 1.0, 1e3)]
+    tiny = torch.randn(64, 128) * 1e-20  # every square underflows float32
+    mixed = torch.randn(64, 128) * 1e-20  # norm just above the floor, all squares but one underflow
+    mixed[0, 0] = 2 * EXACT_NORM_FLOOR
+    huge = torch.randn(64, 128) * 1e25  # every square overflows float32
+    tensors = [*ordinary, tiny, mixed, huge]
+    got = row_norms(tensors).tolist()
+    for index, (tensor, value) in enumerate(zip(tensors, got, strict=True)):
+        exact = np.linalg.norm(tensor.double().numpy())
+        tolerance = {len(ordinary): 1e-12, len(ordinary) + 1: 1e-8, len(ordinary) + 2: 1e-12}.get(index, 1e-6)
+        assert value == pytest.approx(exact, rel=tolerance)
