@@ -29,7 +29,7 @@ def test_telemetry_and_loop_benches_measure_each_target_side_by_side():
 
 
 def test_runs_count_the_steps_they_measured_and_the_time_their_telemetry_took(tmp_path):
-    from bnlab.bench import _trainer, hook_seconds
+    from bnlab.bench import _trainer, side_cost_seconds
 
     tiny = ["train.steps=12", "log.every=5", "model.depth=3", "model.width=8"]
     on, on_cpu = _trainer(tiny + ["log.images=false"], tmp_path / "on")()
@@ -37,7 +37,8 @@ def test_runs_count_the_steps_they_measured_and_the_time_their_telemetry_took(tm
     assert on.measured_steps == 4 and off.measured_steps == 0  # steps 0, 5, 10 and the last, 11
     assert on.telemetry_seconds > 0 and off.telemetry_seconds > 0  # the off run still writes the loss
     assert 0 < on.telemetry_cpu_seconds < on_cpu
-    assert math.isfinite(hook_seconds(tiny, repeats=4)) and hook_seconds(tiny, repeats=4) >= 0
+    side = side_cost_seconds(tiny, repeats=4)
+    assert math.isfinite(side) and side >= 0
 
 
 def test_the_bn_bench_times_and_weighs_both_layers_at_each_shape():
