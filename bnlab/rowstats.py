@@ -12,6 +12,8 @@ edge is one binary search, so the bins cost almost nothing beyond the sort.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -29,24 +31,28 @@ def stack_by_shape(tensors: list[torch.Tensor]):
         yield indices, torch.stack([tensors[i].reshape(-1) for i in indices])
 
 
-# A float32 norm accumulates squares in float32: squares of elements below ~1e-19 underflow and above
-# ~1e19 overflow. Where the norm is below this (or not finite), the lost squares could matter.
+# A float32 norm accumulates squares in float32: squares of elements below ~1e-19 underflow (each
+# loses under 1.2e-38) and above ~1e19 overflow. Where a norm is below its floor, max(this,
+# 1e-15 * sqrt(numel)), or not finite, the lost squares could change it by more than 1e-8 relative.
 EXACT_NORM_FLOOR = 1e-12
 
 
 def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of each tensor: (len,) float64.
 
-    On the CPU each norm is first taken in the tensor's own dtype, all in one multi-tensor op, and
-    only the tensors whose float32 norm is below EXACT_NORM_FLOOR or not finite (a vanished or
-    exploded gradient: squares of 1e-21 underflow float32, and its norm would read 0 instead of
-    ~1e-18) are taken again in float64; squares lost below the floor change a norm above it by
-    under 1e-8 relative. Widening every tensor to float64 cost twice as much (the copies). On
-    other devices every norm is taken in float64 (a host read to find the few would cost more)."""
-    if tensors[0].device.type != "cpu" or tensors[0].dtype == torch.float64:
+    For float32 tensors on the CPU each norm is first taken in float32, all in one multi-tensor op,
+    and only those below their floor (see EXACT_NORM_FLOOR) or not finite (a vanished or exploded
+    gradient: squares of 1e-21 underflow float32, and its norm would read 0 instead of ~1e-18) are
+    taken again in float64; the others are then within 1e-8 of the float64 norm (float32's own
+    rounding aside). Widening every tensor to float64 cost twice as much (the copies). Other
+    dtypes, and other devices (where a host read to find the few would cost more), take every
+    norm in float64."""
+    if tensors[0].device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
         return _norms64(tensors)
     norms = torch.stack(torch._foreach_norm(tensors, 2)).double()
-    redo = ((norms < EXACT_NORM_FLOOR) | ~torch.isfinite(norms)).nonzero().flatten().tolist()
+    floors = torch.tensor([max(EXACT_NORM_FLOOR, 1e-15 * math.sqrt(t.numel())) for t in tensors],
+                          dtype=torch.float64)
+    redo = ((norms < floors) | ~torch.isfinite(norms)).nonzero().flatten().tolist()
     if redo:
         norms[redo] = _norms64([tensors[i] for i in redo])
     return norms

@@ -94,6 +94,8 @@ def test_float32_norms_are_exact_to_float32_and_tiny_or_huge_ones_to_float64():
     huge = torch.randn(64, 128) * 1e25  # every square overflows float32
     tensors = [*ordinary, tiny, mixed, huge]
     got = row_norms(tensors).tolist()
+    bf16 = torch.randn(64, 128).to(torch.bfloat16)  # half precision: every norm in float64
+    assert row_norms([bf16]).item() == pytest.approx(np.linalg.norm(bf16.double().numpy()), rel=1e-12)
     for index, (tensor, value) in enumerate(zip(tensors, got, strict=True)):
         exact = np.linalg.norm(tensor.double().numpy())
         tolerance = {len(ordinary): 1e-12, len(ordinary) + 1: 1e-8, len(ordinary) + 2: 1e-12}.get(index, 1e-6)
