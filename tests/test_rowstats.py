@@ -23,13 +23,20 @@ def _expected_row(values: np.ndarray) -> list[float]:
     return [values.min(), values.max(), values.size, values.sum(), (values ** 2).sum(), *counts, *edges[1:]]
 
 
-def _check(rows: torch.Tensor, expected: list[np.ndarray]) -> None:
-    assert rows.shape == (len(expected), HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS)
-    for got, values in zip(rows.tolist(), expected, strict=True):
+def _mismatches(rows: torch.Tensor, expected: list[np.ndarray]) -> list[str]:
+    """Where the histogram rows differ from numpy's for each of `expected` (an empty list: nowhere)."""
+    if rows.shape != (len(expected), HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS):
+        return [f"shape {tuple(rows.shape)}"]
+    found = []
+    for index, (got, values) in enumerate(zip(rows.tolist(), expected, strict=True)):
         want = _expected_row(values)
-        assert got[:3] == want[:3]
-        assert got[3:5] == pytest.approx(want[3:5], rel=1e-12, abs=1e-300)
-        assert got[HISTOGRAM_HEAD:] == want[HISTOGRAM_HEAD:]  # counts and edges, exactly
+        if got[:3] != want[:3]:
+            found.append(f"row {index}: min, max, count {got[:3]} != {want[:3]}")
+        if got[3:5] != pytest.approx(want[3:5], rel=1e-12, abs=1e-300):
+            found.append(f"row {index}: sum, sum of squares {got[3:5]} != {want[3:5]}")
+        if got[HISTOGRAM_HEAD:] != want[HISTOGRAM_HEAD:]:  # counts and edges, exactly
+            found.append(f"row {index}: bins {got[HISTOGRAM_HEAD:]} != {want[HISTOGRAM_HEAD:]}")
+    return found
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -38,7 +45,7 @@ def test_histograms_equal_numpy_for_groups_of_rows(dtype):
     a = torch.randn(3, 1000, dtype=dtype) * torch.tensor([[1.0], [1e-20], [1e6]], dtype=dtype)
     b = torch.rand(2, 17, dtype=dtype)
     rows = histograms([sort_rows(a), sort_rows(b)])
-    _check(rows, [row.numpy() for row in a] + [row.numpy() for row in b])
+    assert _mismatches(rows, [row.numpy() for row in a] + [row.numpy() for row in b]) == []
 
 
 def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin():
@@ -50,18 +57,18 @@ def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin():
                                         np.nextafter(edges.astype(np.float32), np.float32(np.inf))]))
     near = near.clamp(-1.0, 2.0)
     rows = histograms([sort_rows(on_edges[None]), sort_rows(near[None])])
-    _check(rows, [on_edges.numpy(), near.numpy()])
+    assert _mismatches(rows, [on_edges.numpy(), near.numpy()]) == []
 
 
 def test_a_row_of_equal_values_gets_numpy_s_unit_range():
     constant = torch.zeros(2, 50)
     constant[1] = 3.5
-    _check(histograms([sort_rows(constant)]), [constant[0].numpy(), constant[1].numpy()])
+    assert _mismatches(histograms([sort_rows(constant)]), [constant[0].numpy(), constant[1].numpy()]) == []
 
 
 def test_half_precision_rows_are_widened_and_binned_exactly():
     x = (torch.randn(2, 500) * 4).to(torch.bfloat16)
-    _check(histograms([sort_rows(x)]), [row.float().numpy() for row in x])
+    assert _mismatches(histograms([sort_rows(x)]), [row.float().numpy() for row in x]) == []
 
 
 def test_non_finite_values_do_not_fail():
