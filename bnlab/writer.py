@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from bnlab import checksums
-from bnlab.rowstats import HISTOGRAM_BINS, HISTOGRAM_HEAD, histograms, sort_rows, stack_by_shape
+from bnlab.rowstats import HISTOGRAM_BINS, HISTOGRAM_HEAD
 
 LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
 
@@ -37,17 +37,6 @@ class RunWriter:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
         self._events.add_summary(summary, step)
-
-    def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Histograms of raw tensors (binned on their device, as `numpy.histogram` bins them)."""
-        if not tensors:
-            return
-        tags, groups = [], []
-        names, values = list(tensors), list(tensors.values())
-        for indices, stacked in stack_by_shape([value.detach() for value in values]):
-            tags += [names[i] for i in indices]
-            groups.append(sort_rows(stacked))
-        self.histogram_rows(step, tags, histograms(groups))
 
     def histogram_rows(self, step: int, tags: list[str], rows: torch.Tensor | None) -> None:
         """Histograms already binned by `bnlab.rowstats.histograms`, one row per tag."""
