@@ -86,6 +86,18 @@ def _trainer(overrides: list[str], work: Path):
     return run
 
 
+def _data_and_model(cfg):
+    """The config's dataset and a freshly seeded model, built as bnlab's trainer builds them."""
+    import torch
+
+    from bnlab.data import load_dataset
+    from bnlab.models import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=cfg.model.name == "mlp")
+    return data, build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes)
+
+
 def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     """Median extra seconds a measured step costs outside telemetry's own calls: the probes' hooks in
     its forward and backward passes, and the two steps after it running slower on caches and memory
@@ -94,18 +106,14 @@ def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     import torch
     import torch.nn.functional as F
 
-    from bnlab.data import load_dataset
     from bnlab.launch import compose_config
-    from bnlab.models import build_model
     from bnlab.probes import Probes
     from bnlab.run import build_optimizer
 
     cfg = compose_config(overrides)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads or threads)
-    torch.manual_seed(cfg.train.seed)
-    data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=cfg.model.name == "mlp")
-    model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes)
+    data, model = _data_and_model(cfg)
     optimizer = build_optimizer(cfg.optim, model)
     x, y = data.x_train[:cfg.data.batch_size], data.y_train[:cfg.data.batch_size]
     probes = Probes(model)
@@ -128,9 +136,11 @@ def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     for repeat in range(repeats):
         if repeat % 2:
             plain = step() + step() + step()
-            differences.append(measured() - plain)
+            hooked = measured()
         else:
-            differences.append(measured() - (step() + step() + step()))
+            hooked = measured()
+            plain = step() + step() + step()
+        differences.append(hooked - plain)
     torch.set_num_threads(threads)
     return max(statistics.median(differences), 0.0)
 
@@ -181,18 +191,14 @@ def _plain_script(overrides: list[str], steps: int):
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
-    from bnlab.data import load_dataset
     from bnlab.launch import compose_config
-    from bnlab.models import build_model
 
     cfg = compose_config(overrides)
 
     def run() -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.train.threads or threads)  # the same threads as bnlab's trainer uses
-        torch.manual_seed(cfg.train.seed)
-        data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=cfg.model.name == "mlp")
-        model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes)
+        data, model = _data_and_model(cfg)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
         loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.data.batch_size,
                             shuffle=True, drop_last=True)
