@@ -74,7 +74,7 @@ class Telemetry:
         """Write this step's records: `always` (loss, lr) plus the probes' statistics."""
         values = _to_host(always)
         if self._measuring:
-            measurement = self.probes.finish()
+            measurement = self.probes.finish(keep_hooks=step + 1 < self.total_steps and self.due(step + 1))
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
             self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)

@@ -39,7 +39,7 @@ class RunWriter:
         self._events.add_summary(summary, step)
 
     def histogram_rows(self, step: int, tags: list[str], rows: torch.Tensor | None) -> None:
-        """Histograms already binned by `bnlab.rowstats.histograms`, one row per tag."""
+        """Histograms already binned by `bnlab.rowstats.histogram_rows`, one row per tag."""
         if not tags:
             return
         values = []

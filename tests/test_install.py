@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sysconfig
 import venv
@@ -34,6 +35,11 @@ def test_pip_install_dot_into_a_fresh_venv_runs_bnlab_train(tmp_path):
     assert module_file.startswith(site) and config_dir.startswith(site)  # the installed copy, not the repo
     assert (Path(config_dir) / "train.yaml").is_file() and (Path(config_dir) / "hydra/job_logging/bnlab.yaml").is_file()
     assert (Path(module_file).parent / "datasets" / "digits.csv.gz").is_file()
+    # the compiled statistics' source ships too, and builds from the installed copy (into a fresh cache)
+    cache = {**os.environ, "BNLAB_CACHE_DIR": str(tmp_path / "cache")}
+    built = subprocess.run([python, "-c", "from bnlab import native; print(native.library()._name)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=cache)
+    assert built.returncode == 0 and built.stdout.startswith(str(tmp_path / "cache")), built.stdout + built.stderr
 
     run_dir = tmp_path / "run"
     result = subprocess.run([fresh / "bin" / "bnlab", "train", *TINY, "model=cnn", f"hydra.run.dir={run_dir}"],

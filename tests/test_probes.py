@@ -137,3 +137,67 @@ def test_convolution_unit_percentiles_cover_channel_zero_over_batch_and_position
         for key, q in (("p15", 15), ("p50", 50), ("p85", 85)):
             assert s[f"preact/unit0/{key}/{name}"] == pytest.approx(np.percentile(channel, q), rel=1e-10, abs=1e-12)
             assert s[f"preact/{key}/{name}"] == pytest.approx(np.percentile(pre.numpy(), q), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_compiled_and_pytorch_statistics_agree_on_a_float32_step(model, monkeypatch):
+    """The same captured step measured by bnlab's compiled loops and by PyTorch ops (BNLAB_NATIVE=0)."""
+    from bnlab import native
+
+    cfg = compose(f"model={model}", "model.depth=3", "model.width=8", "norm=bnlab")
+    torch.manual_seed(3)
+    shape = (1, 8, 8) if model == "cnn" else (20,)
+    net = build_model(cfg.model, cfg.norm, shape, 4)
+    x = torch.randn(16, *shape)
+    if model == "cnn":  # as a CNN trains here
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    probes = Probes(net)
+    probes.start(histograms=True)
+    F.cross_entropy(net(x), torch.randint(0, 4, (16,))).backward()
+    optimizer.step()
+    capture = probes.capture()
+    assert native.handles(list(capture.weight_grads.values())), "the compiled statistics did not build"
+    compiled = capture.measure()
+    monkeypatch.setenv("BNLAB_NATIVE", "0")
+    reference = capture.measure()
+    assert compiled.tags == reference.tags and compiled.histogram_tags == reference.histogram_tags
+    assert compiled.values.tolist() == pytest.approx(reference.values.tolist(), rel=1e-12, abs=1e-300)
+    assert compiled.histogram_rows[:, :3].tolist() == reference.histogram_rows[:, :3].tolist()
+    assert compiled.histogram_rows[:, 3:5].flatten().tolist() == pytest.approx(
+        reference.histogram_rows[:, 3:5].flatten().tolist(), rel=1e-12)
+    assert compiled.histogram_rows[:, HISTOGRAM_HEAD:].tolist() == reference.histogram_rows[:, HISTOGRAM_HEAD:].tolist()
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu", "linear"])
+def test_compiled_saturation_uses_the_mask_s_float32_thresholds(activation):
+    from bnlab.probes import saturated_fractions
+
+    # values on and next to each threshold, in float32
+    edges = torch.tensor([0.01, 0.99, -0.99, 0.0, -3.0])
+    pre = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1), torch.randn(40)])
+    post = pre.flip(0).clone()
+    mask = saturated_mask(activation, pre, post)
+    assert saturated_fractions(activation, [pre, pre[:7]], [post, post[:7]]).tolist() == \
+        [mask.double().mean().item(), saturated_mask(activation, pre[:7], post[:7]).double().mean().item()]
+
+
+def test_hooks_kept_for_the_next_measured_step_are_not_doubled_and_ignore_evaluation():
+    net = _tiny()
+    probes = Probes(net)
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 4, (8,))
+    measurements = []
+    for keep in (True, True, False):
+        probes.start()
+        F.cross_entropy(net(x), y).backward()
+        measurements.append(probes.finish(keep_hooks=keep).scalars)
+        hooked = sum(len(module._forward_hooks) for module in net.modules())
+        assert hooked == (len(net.weight_layers) + len(net.activations) if keep else 0)
+        with torch.no_grad():
+            net(torch.randn(50, 5, dtype=torch.float64))  # an evaluation between measured steps
+        assert probes._pre_post == {} and probes._output_grads == {}
+    # each step measured its own batch of 8 (not the evaluation's 50): the same tags, the same values
+    assert measurements[0].keys() == measurements[2].keys()
+    for tag in measurements[0]:
+        if tag.startswith(("preact/", "act/", "grad_norm/output")):
+            assert measurements[1][tag].item() == pytest.approx(measurements[0][tag].item(), rel=1e-12), tag

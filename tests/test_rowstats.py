@@ -1,4 +1,8 @@
-"""Row statistics against numpy: percentiles, histograms (numpy.histogram's bins exactly) and norms."""
+"""Row statistics against numpy, on both paths: bnlab's compiled loops (CPU float32) and PyTorch ops.
+
+The `path` fixture runs a test once on each: "native" fails if the compiled library cannot be built
+(this project's machines have a C++ compiler), "torch" switches it off with BNLAB_NATIVE=0.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,26 @@ import numpy as np
 import pytest
 import torch
 
+from bnlab import native
 from bnlab.rowstats import (
-    EXACT_NORM_FLOOR,
     HISTOGRAM_BINS,
     HISTOGRAM_HEAD,
-    histograms,
-    percentiles,
+    difference_norms,
+    histogram_rows,
+    mean_std,
     row_norms,
-    sort_rows,
+    row_percentiles,
 )
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    if request.param == "torch":
+        monkeypatch.setenv("BNLAB_NATIVE", "0")
+    else:
+        monkeypatch.delenv("BNLAB_NATIVE", raising=False)
+        assert native.library() is not None, "the compiled statistics did not build (see the log's warning)"
+    return request.param
 
 
 def _expected_row(values: np.ndarray) -> list[float]:
@@ -40,15 +55,14 @@ def _mismatches(rows: torch.Tensor, expected: list[np.ndarray]) -> list[str]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_histograms_equal_numpy_for_groups_of_rows(dtype):
+def test_histograms_equal_numpy_for_tensors_of_several_shapes(path, dtype):
     torch.manual_seed(0)
     a = torch.randn(3, 1000, dtype=dtype) * torch.tensor([[1.0], [1e-20], [1e6]], dtype=dtype)
-    b = torch.rand(2, 17, dtype=dtype)
-    rows = histograms([sort_rows(a), sort_rows(b)])
-    assert _mismatches(rows, [row.numpy() for row in a] + [row.numpy() for row in b]) == []
+    tensors = [*a, torch.rand(2, 17, dtype=dtype), torch.rand(17, 2, dtype=dtype), torch.randn(5, 3, 4, 4, dtype=dtype)]
+    assert _mismatches(histogram_rows(tensors), [t.numpy() for t in tensors]) == []
 
 
-def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin():
+def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin(path):
     # integers 0..30 put every value on an edge; float32 neighbours of the float64 edges straddle them
     on_edges = torch.arange(31, dtype=torch.float32)
     edges = np.linspace(-1.0, 2.0, HISTOGRAM_BINS + 1)  # edges like -0.9, 0.1, ... are not float32 values
@@ -56,54 +70,87 @@ def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin():
                                         edges.astype(np.float32),
                                         np.nextafter(edges.astype(np.float32), np.float32(np.inf))]))
     near = near.clamp(-1.0, 2.0)
-    rows = histograms([sort_rows(on_edges[None]), sort_rows(near[None])])
-    assert _mismatches(rows, [on_edges.numpy(), near.numpy()]) == []
+    assert _mismatches(histogram_rows([on_edges, near]), [on_edges.numpy(), near.numpy()]) == []
 
 
-def test_a_row_of_equal_values_gets_numpy_s_unit_range():
-    constant = torch.zeros(2, 50)
-    constant[1] = 3.5
-    assert _mismatches(histograms([sort_rows(constant)]), [constant[0].numpy(), constant[1].numpy()]) == []
+def test_a_row_of_equal_values_gets_numpy_s_unit_range(path):
+    constant = [torch.zeros(50), torch.full((7, 3), 3.5)]
+    assert _mismatches(histogram_rows(constant), [t.numpy() for t in constant]) == []
 
 
-def test_half_precision_rows_are_widened_and_binned_exactly():
+def test_channels_last_tensors_give_the_statistics_of_their_values(path):
+    x = torch.randn(4, 6, 5, 5)
+    wide = x.contiguous(memory_format=torch.channels_last)
+    assert wide.stride() != x.stride()
+    assert _mismatches(histogram_rows([wide]), [x.numpy()]) == []
+    assert mean_std([wide]).tolist() == mean_std([x]).tolist()
+    assert row_percentiles([wide[:, 0]], [0.5]).tolist() == row_percentiles([x[:, 0]], [0.5]).tolist()
+
+
+def test_half_precision_tensors_are_widened_and_binned_exactly():
     x = (torch.randn(2, 500) * 4).to(torch.bfloat16)
-    assert _mismatches(histograms([sort_rows(x)]), [row.float().numpy() for row in x]) == []
+    assert _mismatches(histogram_rows(list(x)), [row.float().numpy() for row in x]) == []
 
 
-def test_non_finite_values_do_not_fail():
-    x = torch.tensor([[1.0, float("nan"), 2.0, 3.0], [1.0, float("inf"), -1.0, 0.0]])
-    rows = histograms([sort_rows(x)])
+def test_non_finite_values_do_not_fail(path):
+    x = [torch.tensor([1.0, float("nan"), 2.0, 3.0]), torch.tensor([1.0, float("inf"), -1.0, 0.0])]
+    rows = histogram_rows(x)
     assert rows.shape == (2, HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS)
     assert rows[:, 2].tolist() == [4.0, 4.0]
+    # NaN sorts after every number, as numpy.sort puts it: the low percentiles stay numbers
+    assert row_percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
 
 
-def test_percentiles_match_numpy_linear_interpolation_row_by_row():
-    x = torch.randn(3, 1001, dtype=torch.float64)
-    got = percentiles(sort_rows(x), [0.0, 0.15, 0.5, 0.85, 1.0])
-    expected = np.percentile(x.numpy(), [0, 15, 50, 85, 100], axis=1).T
-    assert np.allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_percentiles_match_numpy_linear_interpolation(path, dtype):
+    torch.manual_seed(1)
+    x = torch.randn(3, 1001, dtype=dtype)
+    x[2] = x[2].round()  # many equal values: numpy interpolates from the nearer end
+    tensors = [*x, x.T[0], torch.randn(7, 5, 3, dtype=dtype)[:, 0]]  # strided views among them
+    qs = [0.0, 0.15, 0.5, 0.85, 1.0]
+    got = row_percentiles(tensors, qs)
+    for row, tensor in zip(got.tolist(), tensors, strict=True):
+        assert row == np.percentile(tensor.double().numpy(), [q * 100 for q in qs]).tolist()
 
 
-def test_vanished_gradients_are_measured_not_rounded_to_zero():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_means_and_stds_match_numpy_in_float64(path, dtype):
+    torch.manual_seed(2)
+    tensors = [torch.randn(64, 128, dtype=dtype) * 3 + 1e3, torch.rand(9, dtype=dtype),
+               torch.randn(2, 3, 4, 5, dtype=dtype)]
+    got = mean_std(tensors)
+    for (mean, std), tensor in zip(got.tolist(), tensors, strict=True):
+        values = tensor.double().numpy()
+        assert mean == pytest.approx(values.mean(), rel=1e-13)
+        assert std == pytest.approx(values.std(), rel=1e-12)
+
+
+def test_vanished_gradients_are_measured_not_rounded_to_zero(path):
     # Per-element values of 1e-25 square to 1e-50, below float32's range: the norm must still be right.
     g = torch.full((64, 128), 1e-25, dtype=torch.float32)
-    assert row_norms([g, 2 * g])[0].item() == pytest.approx(1e-25 * np.sqrt(64 * 128), rel=1e-6)
-    assert row_norms([g, 2 * g])[1].item() == pytest.approx(2e-25 * np.sqrt(64 * 128), rel=1e-6)
+    assert row_norms([g, 2 * g]).tolist() == pytest.approx([1e-25 * np.sqrt(64 * 128), 2e-25 * np.sqrt(64 * 128)],
+                                                          rel=1e-12)
 
 
-def test_float32_norms_are_exact_to_float32_and_tiny_or_huge_ones_to_float64():
+def test_norms_are_float64_exact_from_tiny_to_huge(path):
     torch.manual_seed(3)
-    ordinary = [torch.randn(128, 128) * scale for scale in (1e-3, 1.0, 1e3)]
-    tiny = torch.randn(64, 128) * 1e-20  # every square underflows float32
-    mixed = torch.randn(64, 128) * 1e-20  # norm just above the floor, all squares but one underflow
-    mixed[0, 0] = 2 * EXACT_NORM_FLOOR
-    huge = torch.randn(64, 128) * 1e25  # every square overflows float32
-    tensors = [*ordinary, tiny, mixed, huge]
-    got = row_norms(tensors).tolist()
-    bf16 = torch.randn(64, 128).to(torch.bfloat16)  # half precision: every norm in float64
-    assert row_norms([bf16]).item() == pytest.approx(np.linalg.norm(bf16.double().numpy()), rel=1e-12)
-    for index, (tensor, value) in enumerate(zip(tensors, got, strict=True)):
-        exact = np.linalg.norm(tensor.double().numpy())
-        tolerance = {len(ordinary): 1e-12, len(ordinary) + 1: 1e-8, len(ordinary) + 2: 1e-12}.get(index, 1e-6)
-        assert value == pytest.approx(exact, rel=tolerance)
+    tensors = [torch.randn(128, 128) * scale for scale in (1e-20, 1e-3, 1.0, 1e3, 1e25)]
+    tensors.append(torch.randn(64, 128).to(torch.bfloat16))
+    for value, tensor in zip(row_norms(tensors).tolist(), tensors, strict=True):
+        assert value == pytest.approx(np.linalg.norm(tensor.double().numpy()), rel=1e-12)
+
+
+def test_difference_norms_take_the_float32_difference_exactly(path):
+    torch.manual_seed(4)
+    after = [torch.randn(128, 128), torch.randn(10) * 1e-30]
+    before = [a + torch.randn_like(a) * 1e-6 for a in after]
+    got = difference_norms(after, before).tolist()
+    for value, a, b in zip(got, after, before, strict=True):
+        assert value == pytest.approx(np.linalg.norm(a.double().numpy() - b.double().numpy()), rel=1e-12)
+
+
+def test_the_compiled_path_is_taken_for_cpu_float32_only(path):
+    x32, x64 = torch.zeros(3), torch.zeros(3, dtype=torch.float64)
+    assert native.handles([x32]) == (path == "native")
+    assert not native.handles([x32, x64])
+    assert not native.handles([])

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnlab.rowstats import histograms, sort_rows, stack_by_shape
+from bnlab.rowstats import histogram_rows
 from bnlab.writer import HISTOGRAM_BINS, RunWriter
 
 
@@ -19,12 +19,8 @@ def _read(run_dir):
 def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path):
     torch.manual_seed(0)
     tensors = {"a": torch.randn(40, 7), "b": torch.randn(40, 7) * 3 + 1, "c": torch.rand(5, 3, 2)}
-    tags, groups = [], []
-    for indices, stacked in stack_by_shape(list(tensors.values())):  # as the probes bin them
-        tags += [list(tensors)[i] for i in indices]
-        groups.append(sort_rows(stacked))
     writer = RunWriter(tmp_path)
-    writer.histogram_rows(7, tags, histograms(groups))
+    writer.histogram_rows(7, list(tensors), histogram_rows(list(tensors.values())))  # as the probes bin them
     writer.close()
     accumulator = _read(tmp_path)
     for tag, tensor in tensors.items():
