@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # every array is passed as its address
 _SIGNATURES = {
     "bnlab_moments": [_N, _P, _P, _INT, _P],
-    "bnlab_difference_norms": [_N, _P, _P, _P, _P],
+    "bnlab_update_norms": [_N, _P, _P, _P, _P],
     "bnlab_histograms": [_N, _P, _P, _N, _P, _P, _P],
     "bnlab_saturated": [_N, _P, _P, _P, _INT, _P],
 }
@@ -101,12 +101,12 @@ def moments(tensors: list[torch.Tensor], centered: bool = True) -> torch.Tensor:
     return out
 
 
-def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """(len,): the L2 norm of a[i] - b[i], each difference exact (in float64)."""
-    pairs = [_same_layout(x, y) for x, y in zip(a, b, strict=True)]
-    a, b = [x for x, _ in pairs], [y for _, y in pairs]
-    out = torch.empty(len(a), dtype=torch.float64)
-    library().bnlab_difference_norms(len(a), _addresses(a), _addresses(b), _sizes(a), out.data_ptr())
+def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """(len, 2): the L2 norms of after[i] and of after[i] - before[i], each difference exact (in float64)."""
+    pairs = [_same_layout(x, y) for x, y in zip(after, before, strict=True)]
+    after, before = [x for x, _ in pairs], [y for _, y in pairs]
+    out = torch.empty(len(after), 2, dtype=torch.float64)
+    library().bnlab_update_norms(len(after), _addresses(after), _addresses(before), _sizes(after), out.data_ptr())
     return out
 
 

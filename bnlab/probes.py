@@ -19,7 +19,7 @@ from torch import nn
 
 from bnlab import native
 from bnlab.figures import UNIT
-from bnlab.rowstats import difference_norms, histogram_rows, mean_std, row_norms, row_percentiles
+from bnlab.rowstats import histogram_rows, row_norms, row_percentiles, summaries, update_norms
 
 PERCENTILES = {"p15": 0.15, "p50": 0.50, "p85": 0.85}
 
@@ -66,6 +66,7 @@ class Probes:
         self.activation_name: str = model.activation_name
         self._handles: list = []
         self._weights_before: list[torch.Tensor] = []
+        self._before_buffers: list[torch.Tensor] = []  # reused each measured step
         self._output_grads: dict[str, torch.Tensor] = {}
         self._pre_post: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._histograms = False
@@ -76,7 +77,12 @@ class Probes:
         self._histograms = histograms
         self._output_grads = {}
         self._pre_post = {}
-        self._weights_before = [layer.weight.detach().clone() for layer in self.layers.values()]
+        weights = [layer.weight.detach() for layer in self.layers.values()]
+        if _same_layouts(self._before_buffers, weights):  # fresh memory costs as much as the copy itself
+            torch._foreach_copy_(self._before_buffers, weights)
+        else:
+            self._before_buffers = [weight.clone() for weight in weights]
+        self._weights_before = self._before_buffers
         if not self._handles:
             for name, layer in self.layers.items():
                 self._handles.append(layer.register_forward_hook(self._output_hook(name)))
@@ -88,8 +94,8 @@ class Probes:
         """Take this step's tensors (call after optimizer.step()); cheap. Detaches the hooks unless
         `keep_hooks` (the next step is measured too: attaching them again would cost more than keeping).
 
-        Only references: measure the capture before the next optimizer step, which updates the
-        weights in place (`finish` measures at once)."""
+        Only references: measure the capture before the next `start` or optimizer step, which
+        overwrite the weights before and after in place (`finish` measures at once)."""
         self._armed = False
         if not keep_hooks:
             self.detach()
@@ -152,29 +158,31 @@ class Capture:
             values.append(tensor.double().reshape(-1))
 
         grad_names, grads = list(self.weight_grads), list(self.weight_grads.values())
+        grad_summary = summaries(grads) if grads else None  # (L, 6): sum, squares, min, max, mean, std
         if grads:
-            add("grad_norm/weight", grad_names, row_norms(grads))
-        weight_norms = row_norms(self.weights_after)
-        add("weight_norm", self.names, weight_norms)
-        add("update_ratio", self.names, difference_norms(self.weights_after, self.weights_before) / weight_norms)
+            add("grad_norm/weight", grad_names, grad_summary[:, 1].sqrt())
+        norms = update_norms(self.weights_after, self.weights_before)  # (L, 2): |W|, |W - W before|
+        add("weight_norm", self.names, norms[:, 0])
+        add("update_ratio", self.names, norms[:, 1] / norms[:, 0])
         if self.output_grads:
             add("grad_norm/output", list(self.output_grads), row_norms(list(self.output_grads.values())))
         names = list(self.pre_post)
         pres = [self.pre_post[name][0] for name in names]
         posts = [self.pre_post[name][1] for name in names]
-        if names:
-            self._add_activation_stats(add, names, pres, posts)
+        pre_summary = self._add_activation_stats(add, names, pres, posts) if names else None
         histogram_tags, histogram_rows_ = [], None
         if self.histograms and pres + grads:
             histogram_tags = [f"preact/{name}" for name in names] + [f"grad/weight/{name}" for name in grad_names]
-            histogram_rows_ = histogram_rows(pres + grads)
+            together = [s for s in (pre_summary, grad_summary) if s is not None]
+            histogram_rows_ = histogram_rows(pres + grads, torch.cat(together))
         return Measurement(tags, torch.cat(values), histogram_tags, histogram_rows_)
 
     def _add_activation_stats(self, add, names: list[str], pres: list[torch.Tensor],
-                              posts: list[torch.Tensor]) -> None:
-        moments = mean_std(pres)  # (L, 2)
-        add("preact/mean", names, moments[:, 0])
-        add("preact/std", names, moments[:, 1])
+                              posts: list[torch.Tensor]) -> torch.Tensor:
+        """Add the activation statistics; return the preactivations' `summaries` (histograms reuse them)."""
+        pre_summary = summaries(pres)  # (L, 6): sum, squares, min, max, mean, std
+        add("preact/mean", names, pre_summary[:, 4])
+        add("preact/std", names, pre_summary[:, 5])
         quantiles = row_percentiles(pres, list(PERCENTILES.values()))  # (L, 3)
         for column, key in enumerate(PERCENTILES):
             add(f"preact/{key}", names, quantiles[:, column])
@@ -182,10 +190,16 @@ class Capture:
         quantiles = row_percentiles([pre[:, UNIT] for pre in pres], list(PERCENTILES.values()))
         for column, key in enumerate(PERCENTILES):
             add(f"preact/unit{UNIT}/{key}", names, quantiles[:, column])
-        moments = mean_std(posts)
-        add("act/mean", names, moments[:, 0])
-        add("act/std", names, moments[:, 1])
+        post_summary = summaries(posts)
+        add("act/mean", names, post_summary[:, 4])
+        add("act/std", names, post_summary[:, 5])
         add("act/saturated", names, saturated_fractions(self.activation_name, pres, posts))
+        return pre_summary
+
+
+def _same_layouts(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and x.stride() == y.stride() and x.dtype == y.dtype
+                                    and x.device == y.device for x, y in zip(a, b, strict=True))
 
 
 def saturated_fractions(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> torch.Tensor:

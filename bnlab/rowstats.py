@@ -4,7 +4,9 @@ Each function takes a list of tensors (a step's layers) and returns one float64 
 CPU float32 tensors go to bnlab's compiled loops (`bnlab.native`), one call per statistic for all
 tensors; everything else (other devices and dtypes, or no C++ compiler) to PyTorch ops over tensors
 of one shape stacked into rows, one op per step of a computation for all of them. The two paths are
-tested against each other and against numpy.
+tested against each other and against numpy. Percentiles come from one sort of each tensor: numpy's
+on the CPU (vectorized, faster here than selection with std::nth_element or torch's sort), the
+device's elsewhere.
 
 Histograms follow `numpy.histogram(row, bins, range=(min, max))` of the float64 values exactly: bin
 edges are numpy's float64 `linspace`, bin k holds edge[k] <= x < edge[k+1] (the last bin also holds
@@ -54,22 +56,27 @@ def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         return _by_shape(tensors, lambda rows: torch.linalg.vector_norm(rows.double(), dim=1))
 
 
-def difference_norms(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """(len,) float64: the L2 norm of a[i] - b[i], the difference of float32 (or narrower) values exact."""
-    if native.handles(a + b):
-        return native.difference_norms(a, b)
-    return row_norms(torch._foreach_sub([t.double() for t in a], [t.double() for t in b]))
+def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """(len, 2) float64: the L2 norms of after[i] and of after[i] - before[i], the difference of float32
+    (or narrower) values exact."""
+    if native.handles(after + before):
+        return native.update_norms(after, before)
+    steps = torch._foreach_sub([t.double() for t in after], [t.double() for t in before])
+    return torch.stack([row_norms(after), row_norms(steps)], dim=1)
 
 
-def mean_std(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(len, 2) float64: the mean and population std (two-pass) of each tensor, summed in float64."""
+def summaries(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(len, 6) float64: each tensor's sum, sum of squares, min, max (NaN if it holds a NaN), mean and
+    population std (two-pass), all summed in float64."""
     if native.handles(tensors):
-        return native.moments(tensors)[:, 4:6]
+        return native.moments(tensors)
 
     def rows_of(stacked):  # (L, n)
         wide = stacked.double()
         mean = wide.mean(dim=1)
-        return torch.stack([mean, (wide - mean[:, None]).square_().mean(dim=1).sqrt_()], dim=1)
+        std = (wide - mean[:, None]).square_().mean(dim=1).sqrt_()
+        return torch.stack([wide.sum(dim=1), wide.square().sum(dim=1), wide.amin(dim=1), wide.amax(dim=1), mean, std],
+                           dim=1)
 
     return _by_shape(tensors, rows_of)
 
@@ -103,20 +110,51 @@ def percentiles(ordered: torch.Tensor, qs: list[float]) -> torch.Tensor:
 
 def row_percentiles(tensors: list[torch.Tensor], qs: list[float]) -> torch.Tensor:
     """(len, len(qs)) float64: numpy's linear percentiles of each tensor (any layout), from one sort."""
+    if all(t.is_cpu and t.dtype in (torch.float32, torch.float64) for t in tensors):
+        return torch.from_numpy(_numpy_percentiles([t.detach().numpy() for t in tensors], qs))
     return _by_shape(tensors, lambda stacked: percentiles(sort_rows(stacked), qs))
 
 
-def histogram_rows(tensors: list[torch.Tensor], bins: int = HISTOGRAM_BINS) -> torch.Tensor:
-    """One histogram row per tensor: (len, HISTOGRAM_HEAD + 2 * bins) float64 (see HISTOGRAM_HEAD)."""
+def _numpy_percentiles(arrays: list[np.ndarray], qs: list[float]) -> np.ndarray:
+    """`row_percentiles` on the CPU in numpy, whose per-op cost is a fraction of torch's."""
+    result = np.empty((len(arrays), len(qs)))
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault((a.size, a.dtype), []).append(i)
+    for indices in groups.values():
+        ordered = np.stack([arrays[i].reshape(-1) for i in indices])  # (L, n)
+        ordered.sort(axis=1)
+        n = ordered.shape[1]
+        position = np.asarray(qs, dtype=np.float64) * (n - 1)
+        lower = np.floor(position).astype(np.int64)
+        upper, frac = np.minimum(lower + 1, n - 1), position - lower
+        below, above = ordered[:, lower].astype(np.float64), ordered[:, upper].astype(np.float64)
+        # numpy's _lerp: from the nearer end, so a percentile between equal values is that value
+        with np.errstate(invalid="ignore"):  # between infinities: NaN, as numpy gives (a diverged run)
+            step = above - below
+            result[indices] = np.where(frac >= 0.5, above - step * (1 - frac), below + step * frac)
+    return result
+
+
+def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = None,
+                   bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """One histogram row per tensor: (len, HISTOGRAM_HEAD + 2 * bins) float64 (see HISTOGRAM_HEAD).
+    `summary`: the tensors' `summaries`, where the caller has them already. A tensor holding NaN or
+    infinity has no finite range to bin: its counts are 0."""
+    summary = summaries(tensors) if summary is None else summary
+    low, high = summary[:, 2], summary[:, 3]
+    edges = _edges(low, high, bins)
     if native.handles(tensors):
-        head = native.moments(tensors, centered=False)  # sum, sum of squares, min, max
-        low, high = head[:, 2], head[:, 3]
-        edges = _edges(low, high, bins)
         counts = native.histogram_counts(tensors, edges)
-        sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
-        return torch.cat([torch.stack([low, high, sizes, head[:, 0], head[:, 1]], dim=1), counts, edges[:, 1:]],
-                         dim=1)
-    return _by_shape(tensors, lambda stacked: _sorted_histograms(sort_rows(stacked), bins))
+    else:
+        counts = torch.empty(len(tensors), bins, dtype=torch.float64, device=edges.device)
+        for indices, stacked in stack_by_shape(tensors):
+            where = torch.tensor(indices, device=edges.device)
+            counts[where] = _sorted_counts(sort_rows(stacked), edges[where])
+    counts[~torch.isfinite(edges).all(dim=1)] = 0.0
+    sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64, device=edges.device)
+    return torch.cat([torch.stack([low, high, sizes, summary[:, 0], summary[:, 1]], dim=1), counts, edges[:, 1:]],
+                     dim=1)
 
 
 def _edges(low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
@@ -131,11 +169,10 @@ def _edges(low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
     return edges
 
 
-def _sorted_histograms(ordered: torch.Tensor, bins: int) -> torch.Tensor:
-    """Histogram rows of sorted (L, n) rows: each inner edge is one binary search."""
+def _sorted_counts(ordered: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """(L, bins) float64 counts of sorted (L, n) rows over their (L, bins + 1) edges: each inner edge is
+    one binary search."""
     rows, n = ordered.shape
-    low, high = ordered[:, 0].double(), ordered[:, -1].double()
-    edges = _edges(low, high, bins)
     inner = edges[:, 1:-1]
     # x < edge for a value x of the rows' dtype <=> x < (the smallest value of that dtype >= edge)
     threshold = inner.to(ordered.dtype)
@@ -143,8 +180,4 @@ def _sorted_histograms(ordered: torch.Tensor, bins: int) -> torch.Tensor:
     threshold = torch.where(threshold.double() < inner, up, threshold)
     below = torch.searchsorted(ordered, threshold.contiguous())  # (rows, bins - 1): values under each edge
     cuts = torch.cat([below.new_zeros(rows, 1), below, below.new_full((rows, 1), n)], dim=1)
-    wide = ordered.double()  # one widened copy for both sums: faster than two reductions with dtype=
-    sizes = torch.full((rows, 1), float(n), dtype=torch.float64, device=ordered.device)
-    return torch.cat([low[:, None], high[:, None], sizes, wide.sum(dim=1)[:, None],
-                      torch.linalg.vector_norm(wide, dim=1).square()[:, None], cuts.diff(dim=1).double(),
-                      edges[:, 1:]], dim=1)
+    return cuts.diff(dim=1).double()

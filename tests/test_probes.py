@@ -201,3 +201,22 @@ def test_hooks_kept_for_the_next_measured_step_are_not_doubled_and_ignore_evalua
     for tag in measurements[0]:
         if tag.startswith(("preact/", "act/", "grad_norm/output")):
             assert measurements[1][tag].item() == pytest.approx(measurements[0][tag].item(), rel=1e-12), tag
+
+
+def test_the_update_ratio_of_later_steps_uses_that_step_s_weights_before():
+    # from the second measured step on, the weights before are copied into the first step's buffers
+    net = _tiny()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    probes = Probes(net)
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        before = [layer.weight.detach().clone() for layer in net.weight_layers.values()]
+        probes.start()
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        s = {tag: value.item() for tag, value in probes.finish(keep_hooks=True).scalars.items()}
+        for i, layer in enumerate(net.weight_layers.values()):
+            after = layer.weight.detach().numpy()
+            expected = np.linalg.norm(after - before[i].numpy()) / np.linalg.norm(after)
+            assert s[f"update_ratio/layer{i:02d}"] == pytest.approx(expected, rel=1e-12)

@@ -14,11 +14,11 @@ from bnlab import native
 from bnlab.rowstats import (
     HISTOGRAM_BINS,
     HISTOGRAM_HEAD,
-    difference_norms,
     histogram_rows,
-    mean_std,
     row_norms,
     row_percentiles,
+    summaries,
+    update_norms,
 )
 
 
@@ -83,13 +83,16 @@ def test_channels_last_tensors_give_the_statistics_of_their_values(path):
     wide = x.contiguous(memory_format=torch.channels_last)
     assert wide.stride() != x.stride()
     assert _mismatches(histogram_rows([wide]), [x.numpy()]) == []
-    assert mean_std([wide]).tolist() == mean_std([x]).tolist()
+    assert summaries([wide])[0].tolist() == pytest.approx(summaries([x])[0].tolist(), rel=1e-14)
     assert row_percentiles([wide[:, 0]], [0.5]).tolist() == row_percentiles([x[:, 0]], [0.5]).tolist()
 
 
 def test_half_precision_tensors_are_widened_and_binned_exactly():
     x = (torch.randn(2, 500) * 4).to(torch.bfloat16)
     assert _mismatches(histogram_rows(list(x)), [row.float().numpy() for row in x]) == []
+    # the PyTorch sort path (numpy has no bfloat16)
+    assert row_percentiles(list(x), [0.15, 0.5]).tolist() == \
+        [np.percentile(row.double().numpy(), [15, 50]).tolist() for row in x]
 
 
 def test_non_finite_values_do_not_fail(path):
@@ -97,6 +100,7 @@ def test_non_finite_values_do_not_fail(path):
     rows = histogram_rows(x)
     assert rows.shape == (2, HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS)
     assert rows[:, 2].tolist() == [4.0, 4.0]
+    assert rows[:, HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS].count_nonzero() == 0  # no finite range to bin
     # NaN sorts after every number, as numpy.sort puts it: the low percentiles stay numbers
     assert row_percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
 
@@ -114,15 +118,18 @@ def test_percentiles_match_numpy_linear_interpolation(path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_means_and_stds_match_numpy_in_float64(path, dtype):
+def test_summaries_match_numpy_in_float64(path, dtype):
     torch.manual_seed(2)
     tensors = [torch.randn(64, 128, dtype=dtype) * 3 + 1e3, torch.rand(9, dtype=dtype),
-               torch.randn(2, 3, 4, 5, dtype=dtype)]
-    got = mean_std(tensors)
-    for (mean, std), tensor in zip(got.tolist(), tensors, strict=True):
+               torch.randn(2, 3, 4, 5, dtype=dtype), torch.tensor([1.0, float("nan"), -2.0], dtype=dtype)]
+    got = summaries(tensors)
+    for row, tensor in zip(got.tolist(), tensors, strict=True):
         values = tensor.double().numpy()
-        assert mean == pytest.approx(values.mean(), rel=1e-13)
-        assert std == pytest.approx(values.std(), rel=1e-12)
+        expected = [values.sum(), (values ** 2).sum(), values.min(), values.max(), values.mean(), values.std()]
+        if np.isnan(values).any():
+            assert all(np.isnan(row[2:4])) and np.isnan(row[0])  # min, max and sum are NaN
+        else:
+            assert row == pytest.approx(expected, rel=1e-12)
 
 
 def test_vanished_gradients_are_measured_not_rounded_to_zero(path):
@@ -140,13 +147,16 @@ def test_norms_are_float64_exact_from_tiny_to_huge(path):
         assert value == pytest.approx(np.linalg.norm(tensor.double().numpy()), rel=1e-12)
 
 
-def test_difference_norms_take_the_float32_difference_exactly(path):
+def test_update_norms_take_the_float32_difference_exactly(path):
     torch.manual_seed(4)
-    after = [torch.randn(128, 128), torch.randn(10) * 1e-30]
+    after = [torch.randn(128, 128), torch.randn(10) * 1e-30,
+             torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)]
     before = [a + torch.randn_like(a) * 1e-6 for a in after]
-    got = difference_norms(after, before).tolist()
-    for value, a, b in zip(got, after, before, strict=True):
-        assert value == pytest.approx(np.linalg.norm(a.double().numpy() - b.double().numpy()), rel=1e-12)
+    before[2] = before[2].contiguous()  # another memory order than `after`
+    got = update_norms(after, before).tolist()
+    for (norm, step), a, b in zip(got, after, before, strict=True):
+        assert norm == pytest.approx(np.linalg.norm(a.double().numpy()), rel=1e-12)
+        assert step == pytest.approx(np.linalg.norm(a.double().numpy() - b.double().numpy()), rel=1e-12)
 
 
 def test_the_compiled_path_is_taken_for_cpu_float32_only(path):

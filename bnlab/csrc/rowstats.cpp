@@ -84,12 +84,16 @@ void bnlab_moments(int64_t count, const float *const *rows, const int64_t *sizes
     }
 }
 
-// For each pair of rows: the L2 norm of a - b, each difference taken exactly in double.
-void bnlab_difference_norms(int64_t count, const float *const *a, const float *const *b, const int64_t *sizes,
-                            double *out) {
+// For each pair of rows (a weight after and before a step): out[2 r] = |after|, out[2 r + 1] =
+// |after - before|, each difference exact in double. One row after the other, so the second pass
+// over `after` reads it from the cache.
+void bnlab_update_norms(int64_t count, const float *const *after, const float *const *before, const int64_t *sizes,
+                        double *out) {
     for (int64_t r = 0; r < count; ++r) {
-        const float *x = a[r], *y = b[r];
-        out[r] = std::sqrt(lane_sum(sizes[r], [x, y](int64_t i) { return (double(x[i]) - y[i]) * (double(x[i]) - y[i]); }));
+        const float *x = after[r], *y = before[r];
+        out[2 * r] = std::sqrt(lane_sum(sizes[r], [x](int64_t i) { return double(x[i]) * double(x[i]); }));
+        auto step = [x, y](int64_t i) { return (double(x[i]) - y[i]) * (double(x[i]) - y[i]); };
+        out[2 * r + 1] = std::sqrt(lane_sum(sizes[r], step));
     }
 }
 
