@@ -1,9 +1,10 @@
 """bnlab's compiled row statistics (csrc/rowstats.cpp): built on first use, called through ctypes.
 
 The source is compiled once per machine with the system's C++ compiler (`$CXX`, else `c++` or `g++`;
-about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the source
-and the flags, so an edit rebuilds it. Without a compiler, or with `BNLAB_NATIVE=0`, `library()` is None
-and bnlab.rowstats computes everything with PyTorch ops instead (the reference it is tested against).
+about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the source,
+the compiler, its flags and the CPU it is tuned for, so an edit or another machine rebuilds it. Without
+a compiler, or with `BNLAB_NATIVE=0`, `library()` is None and bnlab.rowstats computes everything with
+PyTorch ops instead (the reference it is tested against).
 Only CPU float32 tensors come here: those are what a CPU training run measures.
 """
 
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +24,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "rowstats.cpp"
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+# -fno-trapping-math lets the histogram loop vectorize; -ffp-contract=off keeps k * step + first rounded twice, as
+# numpy rounds its bin edges. -march=native uses this CPU's vector width; where the compiler refuses it, the
+# portable build follows.
+FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+TUNED = ["-march=native"]
 log = logging.getLogger(__name__)
 
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # every array is passed as its address
@@ -54,16 +60,22 @@ def _load() -> ctypes.CDLL | None:
                     "slower PyTorch path")
         return None
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"rowstats-{key}.so"
-    try:
-        if not target.exists():
-            _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or error
+    errors = []
+    for flags in (FLAGS + TUNED, FLAGS):
+        # the name hashes the source, the compiler, the flags and, for a tuned build, this CPU: a cache shared by
+        # machines with other CPUs (a cluster's home directory) never hands one a library it cannot run
+        identity = [compiler, *flags] + ([_cpu()] if flags != FLAGS else [])
+        target = cache_dir() / f"rowstats-{hashlib.sha256(source + repr(identity).encode()).hexdigest()[:16]}.so"
+        try:
+            if not target.exists():
+                _build(compiler, flags, target)
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.CalledProcessError) as error:
+            errors.append(str(getattr(error, "stderr", "") or error).strip()[:300])
+    else:
         log.warning("bnlab: could not build %s (%s); telemetry statistics use the slower PyTorch path",
-                    SOURCE.name, str(detail).strip()[:500])
+                    SOURCE.name, " / ".join(errors))
         return None
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
@@ -71,13 +83,22 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
-def _build(compiler: str, target: Path) -> None:
+def _cpu() -> str:
+    """This CPU's model and instruction-set flags (Linux), else what `platform` knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _build(compiler: str, flags: list[str], target: Path) -> None:
     """Compile into a temporary file beside the target, then rename: parallel runs never load half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):

@@ -56,3 +56,15 @@ def test_runs_starting_together_build_without_reading_each_other_s_half_written_
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0 and out.strip() == "10.0", err
     assert len(list(fresh.glob("rowstats-*.so"))) == 1 and not list(fresh.glob("*.partial"))
+
+
+def test_a_compiler_refusing_march_native_gets_the_portable_build(fresh, tmp_path, monkeypatch):
+    wrapper = tmp_path / "picky-c++"
+    wrapper.write_text('#!/bin/sh\ncase "$*" in *-march=native*) echo "no -march=native here" >&2; exit 1;; esac\n'
+                       'exec g++ "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    assert native.library() is not None
+    assert len(list(fresh.glob("rowstats-*.so"))) == 1
+    x = torch.randn(1000)
+    assert native.moments([x])[0, 1].item() == pytest.approx((x.double() ** 2).sum().item(), rel=1e-12)
