@@ -6,8 +6,8 @@ Hooks only keep references; `capture` takes the step's tensors (the weights befo
 the step are the one copy) and `Capture.measure` computes every statistic on the
 device, each for all layers at once (`bnlab.rowstats`: on a CPU the per-op overhead,
 not the arithmetic, is the cost), into one float64 vector that the caller brings to
-the host in one transfer. Between measurements no hook is attached, so an unlogged
-step costs nothing.
+the host in one transfer. Between measurements no hook is attached (between two
+measured steps in a row they stay, disarmed), so an unlogged step costs nothing.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class Probes:
         self._pre_post = {}
         weights = [layer.weight.detach() for layer in self.layers.values()]
         if _same_layouts(self._before_buffers, weights):  # fresh memory costs as much as the copy itself
-            torch._foreach_copy_(self._before_buffers, weights)
+            for buffer, weight in zip(self._before_buffers, weights, strict=True):
+                buffer.copy_(weight)
         else:
             self._before_buffers = [weight.clone() for weight in weights]
         self._weights_before = self._before_buffers
