@@ -132,7 +132,8 @@ def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch
 
 
 def histogram_counts(tensors: list[torch.Tensor], edges: torch.Tensor) -> torch.Tensor:
-    """(len, bins) float64 counts of each tensor over its row of float64 `edges` (len, bins + 1)."""
+    """(len, bins) float64 counts of each tensor over its row of float64 `edges` (len, bins + 1), which must be
+    numpy's linspace edges (`bnlab.rowstats._edges`): the loop reads their ends and recomputes the rest."""
     tensors = [_dense(t) for t in tensors]
     edges = edges.to(torch.float64).contiguous()
     bins = edges.shape[1] - 1
