@@ -171,12 +171,12 @@ class Capture:
         pres = [self.pre_post[name][0] for name in names]
         posts = [self.pre_post[name][1] for name in names]
         pre_summary = self._add_activation_stats(add, names, pres, posts) if names else None
-        histogram_tags, histogram_rows_ = [], None
+        histogram_tags, rows = [], None
         if self.histograms and pres + grads:
             histogram_tags = [f"preact/{name}" for name in names] + [f"grad/weight/{name}" for name in grad_names]
             together = [s for s in (pre_summary, grad_summary) if s is not None]
-            histogram_rows_ = histogram_rows(pres + grads, torch.cat(together))
-        return Measurement(tags, torch.cat(values), histogram_tags, histogram_rows_)
+            rows = histogram_rows(pres + grads, torch.cat(together))
+        return Measurement(tags, torch.cat(values), histogram_tags, rows)
 
     def _add_activation_stats(self, add, names: list[str], pres: list[torch.Tensor],
                               posts: list[torch.Tensor]) -> torch.Tensor:

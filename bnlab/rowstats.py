@@ -25,12 +25,17 @@ HISTOGRAM_BINS = 30
 HISTOGRAM_HEAD = 5
 
 
-def stack_by_shape(tensors: list[torch.Tensor]):
-    """(indices, (len(indices), numel) stack) for each group of tensors sharing a shape and dtype."""
+def _shape_groups(tensors) -> list[list[int]]:
+    """The indices of each group of tensors (or numpy arrays) sharing a shape and dtype."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
-    for indices in groups.values():
+    return list(groups.values())
+
+
+def stack_by_shape(tensors: list[torch.Tensor]):
+    """(indices, (len(indices), numel) stack) for each group of tensors sharing a shape and dtype."""
+    for indices in _shape_groups(tensors):
         yield indices, torch.stack([tensors[i].reshape(-1) for i in indices])
 
 
@@ -103,9 +108,14 @@ def percentiles(ordered: torch.Tensor, qs: list[float]) -> torch.Tensor:
     upper = torch.clamp(lower + 1, max=n - 1)
     frac = (position - lower).to(ordered.device)
     lower, upper = lower.to(ordered.device), upper.to(ordered.device)
-    below, above = ordered[..., lower].double(), ordered[..., upper].double()
-    # numpy's _lerp: from the nearer end, so a percentile between equal values is that value
-    return torch.where(frac >= 0.5, above - (above - below) * (1 - frac), below + (above - below) * frac)
+    return _lerp(ordered[..., lower].double(), ordered[..., upper].double(), frac, torch.where)
+
+
+def _lerp(below, above, frac, where):
+    """numpy's _lerp, for torch tensors or numpy arrays (`where` of either): from the nearer end, so a
+    percentile between equal values is that value."""
+    step = above - below
+    return where(frac >= 0.5, above - step * (1 - frac), below + step * frac)
 
 
 def row_percentiles(tensors: list[torch.Tensor], qs: list[float]) -> torch.Tensor:
@@ -118,21 +128,16 @@ def row_percentiles(tensors: list[torch.Tensor], qs: list[float]) -> torch.Tenso
 def _numpy_percentiles(arrays: list[np.ndarray], qs: list[float]) -> np.ndarray:
     """`row_percentiles` on the CPU in numpy, whose per-op cost is a fraction of torch's."""
     result = np.empty((len(arrays), len(qs)))
-    groups: dict[tuple, list[int]] = {}
-    for i, a in enumerate(arrays):
-        groups.setdefault((a.size, a.dtype), []).append(i)
-    for indices in groups.values():
+    for indices in _shape_groups(arrays):
         ordered = np.stack([arrays[i].reshape(-1) for i in indices])  # (L, n)
         ordered.sort(axis=1)
         n = ordered.shape[1]
         position = np.asarray(qs, dtype=np.float64) * (n - 1)
         lower = np.floor(position).astype(np.int64)
         upper, frac = np.minimum(lower + 1, n - 1), position - lower
-        below, above = ordered[:, lower].astype(np.float64), ordered[:, upper].astype(np.float64)
-        # numpy's _lerp: from the nearer end, so a percentile between equal values is that value
         with np.errstate(invalid="ignore"):  # between infinities: NaN, as numpy gives (a diverged run)
-            step = above - below
-            result[indices] = np.where(frac >= 0.5, above - step * (1 - frac), below + step * frac)
+            result[indices] = _lerp(ordered[:, lower].astype(np.float64), ordered[:, upper].astype(np.float64),
+                                    frac, np.where)
     return result
 
 
@@ -151,7 +156,7 @@ def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = N
         for indices, stacked in stack_by_shape(tensors):
             where = torch.tensor(indices, device=edges.device)
             counts[where] = _sorted_counts(sort_rows(stacked), edges[where])
-    counts[~torch.isfinite(edges).all(dim=1)] = 0.0
+    counts = torch.where(torch.isfinite(edges).all(dim=1, keepdim=True), counts, 0.0)  # (no host sync on a GPU)
     sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64, device=edges.device)
     return torch.cat([torch.stack([low, high, sizes, summary[:, 0], summary[:, 1]], dim=1), counts, edges[:, 1:]],
                      dim=1)
