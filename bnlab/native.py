@@ -1,10 +1,11 @@
-"""bnlab's compiled row statistics (csrc/rowstats.cpp): built on first use, called through ctypes.
+"""bnlab's compiled loops: row statistics (csrc/rowstats.cpp) and TensorBoard summaries (csrc/events.cpp),
+built on first use into one library, called through ctypes.
 
-The source is compiled once per machine with the system's C++ compiler (`$CXX`, else `c++` or `g++`;
-about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the source,
+The sources are compiled once per machine with the system's C++ compiler (`$CXX`, else `c++` or `g++`;
+about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the sources,
 the compiler, its flags and the CPU it is tuned for, so an edit or another machine rebuilds it. Without
 a compiler, or with `BNLAB_NATIVE=0`, `library()` is None and bnlab.rowstats computes everything with
-PyTorch ops instead (the reference it is tested against).
+PyTorch ops instead (the reference it is tested against), and bnlab.writer builds protobuf objects.
 Only CPU float32 tensors come here: those are what a CPU training run measures.
 """
 
@@ -21,9 +22,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "rowstats.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rowstats.cpp", "events.cpp")]
 # -fno-trapping-math lets the histogram loop vectorize; -ffp-contract=off keeps k * step + first rounded twice, as
 # numpy rounds its bin edges. -march=native uses this CPU's vector width; where the compiler refuses it, the
 # portable build follows.
@@ -32,11 +34,15 @@ TUNED = ["-march=native"]
 log = logging.getLogger(__name__)
 
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # every array is passed as its address
-_SIGNATURES = {
-    "bnlab_moments": [_N, _P, _P, _INT, _P],
-    "bnlab_update_norms": [_N, _P, _P, _P, _P],
-    "bnlab_histograms": [_N, _P, _P, _N, _P, _P, _P],
-    "bnlab_saturated": [_N, _P, _P, _P, _INT, _P],
+_SIGNATURES = {  # name: (argument types, result type)
+    "bnlab_moments": ([_N, _P, _P, _INT, _P], None),
+    "bnlab_update_norms": ([_N, _P, _P, _P, _P], None),
+    "bnlab_histograms": ([_N, _P, _P, _N, _P, _P, _P], None),
+    "bnlab_saturated": ([_N, _P, _P, _P, _INT, _P], None),
+    "bnlab_scalar_summary": ([_N, _P, _P, _P, _P], _N),
+    "bnlab_scalar_summary_size": ([_N, _P], _N),
+    "bnlab_histogram_summary": ([_N, _P, _P, _P, _N, _P], _N),
+    "bnlab_histogram_summary_size": ([_N, _P, _N], _N),
 }
 SATURATION_KINDS = {"sigmoid": 1, "tanh": 2, "relu": 3, "gelu": 4}
 
@@ -59,13 +65,13 @@ def _load() -> ctypes.CDLL | None:
         log.warning("bnlab: no C++ compiler found (set CXX, or install g++); telemetry statistics use the "
                     "slower PyTorch path")
         return None
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     errors = []
     for flags in (FLAGS + TUNED, FLAGS):
         # the name hashes the source, the compiler, the flags and, for a tuned build, this CPU: a cache shared by
         # machines with other CPUs (a cluster's home directory) never hands one a library it cannot run
         identity = [compiler, *flags] + ([_cpu()] if flags != FLAGS else [])
-        target = cache_dir() / f"rowstats-{hashlib.sha256(source + repr(identity).encode()).hexdigest()[:16]}.so"
+        target = cache_dir() / f"bnlab-{hashlib.sha256(source + repr(identity).encode()).hexdigest()[:16]}.so"
         try:
             if not target.exists():
                 _build(compiler, flags, target)
@@ -75,11 +81,11 @@ def _load() -> ctypes.CDLL | None:
             errors.append(str(getattr(error, "stderr", "") or error).strip()[:300])
     else:
         log.warning("bnlab: could not build %s (%s); telemetry statistics use the slower PyTorch path",
-                    SOURCE.name, " / ".join(errors))
+                    " and ".join(path.name for path in SOURCES), " / ".join(errors))
         return None
-    for name, argtypes in _SIGNATURES.items():
+    for name, (argtypes, restype) in _SIGNATURES.items():
         function = getattr(lib, name)
-        function.argtypes, function.restype = argtypes, None
+        function.argtypes, function.restype = argtypes, restype
     return lib
 
 
@@ -98,7 +104,8 @@ def _build(compiler: str, flags: list[str], target: Path) -> None:
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
     try:
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", partial], check=True, capture_output=True,
+                       text=True)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -111,49 +118,50 @@ def handles(tensors: list[torch.Tensor]) -> bool:
         and library() is not None
 
 
-# The wrappers below take lists of CPU float32 tensors (see `handles`) and return float64 tensors.
+# The wrappers below take lists of CPU float32 tensors (see `handles`) and return float64 numpy arrays (a
+# training step's measurement calls them on a worker thread, where every Python op competes for the GIL).
 
 
-def moments(tensors: list[torch.Tensor], centered: bool = True) -> torch.Tensor:
+def moments(tensors: list[torch.Tensor], centered: bool = True) -> np.ndarray:
     """(len, 6): sum, sum of squares, min, max, mean, population std (0 unless `centered`) of each tensor."""
     tensors = [_dense(t) for t in tensors]
-    out = torch.empty(len(tensors), 6, dtype=torch.float64)
-    library().bnlab_moments(len(tensors), _addresses(tensors), _sizes(tensors), int(centered), out.data_ptr())
+    out = np.empty((len(tensors), 6))
+    library().bnlab_moments(len(tensors), _addresses(tensors), _sizes(tensors), int(centered), out.ctypes.data)
     return out
 
 
-def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> np.ndarray:
     """(len, 2): the L2 norms of after[i] and of after[i] - before[i], each difference exact (in float64)."""
     pairs = [_same_layout(x, y) for x, y in zip(after, before, strict=True)]
     after, before = [x for x, _ in pairs], [y for _, y in pairs]
-    out = torch.empty(len(after), 2, dtype=torch.float64)
-    library().bnlab_update_norms(len(after), _addresses(after), _addresses(before), _sizes(after), out.data_ptr())
+    out = np.empty((len(after), 2))
+    library().bnlab_update_norms(len(after), _addresses(after), _addresses(before), _sizes(after), out.ctypes.data)
     return out
 
 
-def histogram_counts(tensors: list[torch.Tensor], edges: torch.Tensor) -> torch.Tensor:
-    """(len, bins) float64 counts of each tensor over its row of float64 `edges` (len, bins + 1), which must be
-    numpy's linspace edges (`bnlab.rowstats._edges`): the loop reads their ends and recomputes the rest."""
+def histogram_counts(tensors: list[torch.Tensor], edges: np.ndarray) -> np.ndarray:
+    """(len, bins) counts of each tensor over its row of float64 `edges` (len, bins + 1), which must be
+    numpy's linspace edges (as `bnlab.rowstats` makes them): the loop reads their ends and recomputes the rest."""
     tensors = [_dense(t) for t in tensors]
-    edges = edges.to(torch.float64).contiguous()
+    edges = np.ascontiguousarray(edges, dtype=np.float64)
     bins = edges.shape[1] - 1
     if not 0 < bins <= 255:
         raise ValueError(f"histograms take 1 to 255 bins, got {bins}")
-    scratch = torch.empty(max(t.numel() for t in tensors), dtype=torch.int32)
-    out = torch.empty(len(tensors), bins, dtype=torch.float64)
-    library().bnlab_histograms(len(tensors), _addresses(tensors), _sizes(tensors), bins, edges.data_ptr(),
-                               scratch.data_ptr(), out.data_ptr())
+    scratch = np.empty(max(t.numel() for t in tensors), dtype=np.int32)
+    out = np.empty((len(tensors), bins))
+    library().bnlab_histograms(len(tensors), _addresses(tensors), _sizes(tensors), bins, edges.ctypes.data,
+                               scratch.ctypes.data, out.ctypes.data)
     return out
 
 
-def saturated(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> torch.Tensor:
+def saturated(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> np.ndarray:
     """(len,): the fraction of each layer's units in the flat part of its nonlinearity
     (bnlab.probes.saturated_mask's thresholds)."""
     pairs = [_same_layout(pre, post) for pre, post in zip(pres, posts, strict=True)]
     pres, posts = [pre for pre, _ in pairs], [post for _, post in pairs]
-    out = torch.empty(len(pres), dtype=torch.float64)
+    out = np.empty(len(pres))
     library().bnlab_saturated(len(pres), _addresses(pres), _addresses(posts), _sizes(pres),
-                              SATURATION_KINDS.get(activation, 0), out.data_ptr())
+                              SATURATION_KINDS.get(activation, 0), out.ctypes.data)
     return out
 
 
@@ -178,3 +186,42 @@ def _addresses(tensors: list[torch.Tensor]):
 
 def _sizes(tensors: list[torch.Tensor]):
     return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+
+
+# TensorBoard summaries (csrc/events.cpp): the serialized `Summary` protobuf of one step's records.
+
+
+class Tags:
+    """A list of tags encoded once (UTF-8, one after another, and where each starts) for the summaries below."""
+
+    def __init__(self, tags: list[str]):
+        encoded = [tag.encode() for tag in tags]
+        self.count = len(encoded)
+        self.blob = b"".join(encoded)
+        self.offsets = np.cumsum([0] + [len(tag) for tag in encoded], dtype=np.int64)
+
+
+def scalar_summary(tags: Tags, values: np.ndarray) -> bytes:
+    """A `Summary` holding `simple_value=values[i]` (rounded to float32) for tags[i]: protobuf's own bytes."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    if values.shape != (tags.count,):
+        raise ValueError(f"{tags.count} tags but values of shape {values.shape}")
+    lib = library()
+    out = np.empty(lib.bnlab_scalar_summary_size(tags.count, tags.offsets.ctypes.data), dtype=np.uint8)
+    size = lib.bnlab_scalar_summary(tags.count, tags.blob, tags.offsets.ctypes.data, values.ctypes.data,
+                                    out.ctypes.data)
+    return out[:size].tobytes()
+
+
+def histogram_summary(tags: Tags, rows: np.ndarray) -> bytes:
+    """A `Summary` holding a `HistogramProto` per tag from rows of `bnlab.rowstats.histogram_rows` (min, max,
+    num, sum, sum of squares, the bins' counts, their right edges): protobuf's own bytes."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    bins = (rows.shape[1] - 5) // 2 if rows.ndim == 2 else -1
+    if rows.shape != (tags.count, 5 + 2 * bins) or not 0 <= bins <= 256:
+        raise ValueError(f"{tags.count} tags want rows of 5 + 2 * bins (bins <= 256) values, got shape {rows.shape}")
+    lib = library()
+    out = np.empty(lib.bnlab_histogram_summary_size(tags.count, tags.offsets.ctypes.data, bins), dtype=np.uint8)
+    size = lib.bnlab_histogram_summary(tags.count, tags.blob, tags.offsets.ctypes.data, rows.ctypes.data, bins,
+                                       out.ctypes.data)
+    return out[:size].tobytes()

@@ -12,14 +12,24 @@ measured steps in a row they stay, disarmed), so an unlogged step costs nothing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
 from bnlab import native
 from bnlab.figures import UNIT
-from bnlab.rowstats import histogram_rows, row_norms, row_percentiles, summaries, update_norms
+from bnlab.rowstats import (
+    histogram_rows,
+    numpy_histogram_rows,
+    numpy_percentiles,
+    row_percentiles,
+    summaries,
+    update_norms,
+)
 
 PERCENTILES = {"p15": 0.15, "p50": 0.50, "p85": 0.85}
 
@@ -65,8 +75,13 @@ class Probes:
         self.activations: dict[str, nn.Module] = model.activations
         self.activation_name: str = model.activation_name
         self._handles: list = []
-        self._weights_before: list[torch.Tensor] = []
-        self._before_buffers: list[torch.Tensor] = []  # reused each measured step
+        # Two sets of weight copies, reused every measured step (fresh memory costs as much as the copy):
+        # the weights before the step, and (for `capture(copy_weights=True)`) after it. `_copied[i]` holds
+        # the weights' addresses and version counters when set i was copied: while they match, set i still
+        # equals the weights, and a step measured next reuses it as its weights before instead of copying.
+        self._sets: list[list[torch.Tensor]] = [[], []]
+        self._copied: list[list[tuple[int, int]] | None] = [None, None]
+        self._before = 0  # the set holding this step's weights before
         self._output_grads: dict[str, torch.Tensor] = {}
         self._pre_post: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._histograms = False
@@ -77,13 +92,9 @@ class Probes:
         self._histograms = histograms
         self._output_grads = {}
         self._pre_post = {}
-        weights = [layer.weight.detach() for layer in self.layers.values()]
-        if _same_layouts(self._before_buffers, weights):  # fresh memory costs as much as the copy itself
-            for buffer, weight in zip(self._before_buffers, weights, strict=True):
-                buffer.copy_(weight)
-        else:
-            self._before_buffers = [weight.clone() for weight in weights]
-        self._weights_before = self._before_buffers
+        weights = self._weights()
+        current = self._current_copy(weights)
+        self._before = current if current is not None else self._copy_weights(0, weights)
         if not self._handles:
             for name, layer in self.layers.items():
                 self._handles.append(layer.register_forward_hook(self._output_hook(name)))
@@ -91,26 +102,52 @@ class Probes:
                 self._handles.append(act.register_forward_hook(self._activation_hook(name)))
         self._armed = True
 
-    def capture(self, keep_hooks: bool = False) -> Capture:
+    def capture(self, keep_hooks: bool = False, copy_weights: bool = False) -> Capture:
         """Take this step's tensors (call after optimizer.step()); cheap. Detaches the hooks unless
         `keep_hooks` (the next step is measured too: attaching them again would cost more than keeping).
 
-        Only references: measure the capture before the next `start` or optimizer step, which
-        overwrite the weights before and after in place (`finish` measures at once)."""
+        Only references, to tensors nothing changes later (gradients are set to None, not zeroed, by
+        bnlab's loop), except the weights: those after the step are the live weights unless
+        `copy_weights` (one copy, which the next measured step reuses as its weights before), and
+        the weights before are a kept copy that a later `start` overwrites. So measure the capture
+        before the next optimizer step, or with `copy_weights`, before the `capture` after next
+        (`finish` measures at once)."""
         self._armed = False
         if not keep_hooks:
             self.detach()
         grads = {name: layer.weight.grad.detach() for name, layer in self.layers.items()
                  if layer.weight.grad is not None}
-        capture = Capture(self.activation_name, list(self.layers), grads,
-                          [layer.weight.detach() for layer in self.layers.values()], self._weights_before,
+        after = self._weights()
+        if copy_weights:
+            after = self._sets[self._copy_weights(1 - self._before, after)]
+        capture = Capture(self.activation_name, list(self.layers), grads, after, self._sets[self._before],
                           self._output_grads, self._pre_post, self._histograms)
-        self._weights_before, self._output_grads, self._pre_post = [], {}, {}
+        self._output_grads, self._pre_post = {}, {}
         return capture
 
     def finish(self, keep_hooks: bool = False) -> Measurement:
         """Compute this step's statistics (call after optimizer.step()); see `capture`."""
         return self.capture(keep_hooks).measure()
+
+    def start_copies(self) -> bool:
+        """Whether `start` will write a set of weight copies (none of them equals the weights now)."""
+        return self._current_copy(self._weights()) is None
+
+    def _current_copy(self, weights: list[torch.Tensor]) -> int | None:
+        versions = _versions(weights)
+        return next((i for i in (0, 1) if self._copied[i] == versions), None)
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [layer.weight.detach() for layer in self.layers.values()]
+
+    def _copy_weights(self, index: int, weights: list[torch.Tensor]) -> int:
+        """Copy the weights into set `index` (one op for all of them); return `index`."""
+        if _same_layouts(self._sets[index], weights):
+            torch._foreach_copy_(self._sets[index], weights)
+        else:
+            self._sets[index] = [weight.clone() for weight in weights]
+        self._copied[index] = _versions(weights)
+        return index
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -150,52 +187,67 @@ class Capture:
 
     @torch.no_grad()
     def measure(self) -> Measurement:
-        """Every statistic, computed on the tensors' device (see `bnlab.rowstats`)."""
-        tags: list[str] = []
-        values: list[torch.Tensor] = []
-
-        def add(family: str, names: list[str], tensor: torch.Tensor) -> None:
-            tags.extend(f"{family}/{name}" for name in names)
-            values.append(tensor.double().reshape(-1))
-
+        """Every statistic, computed on the tensors' device (see `bnlab.rowstats`): CPU float32 tensors in
+        bnlab's compiled loops and numpy (a few calls, little Python: this may run on a worker thread that
+        shares the GIL with training), anything else in PyTorch ops; the two are tested against each other."""
         grad_names, grads = list(self.weight_grads), list(self.weight_grads.values())
-        grad_summary = summaries(grads) if grads else None  # (L, 6): sum, squares, min, max, mean, std
-        if grads:
-            add("grad_norm/weight", grad_names, grad_summary[:, 1].sqrt())
-        norms = update_norms(self.weights_after, self.weights_before)  # (L, 2): |W|, |W - W before|
-        add("weight_norm", self.names, norms[:, 0])
-        add("update_ratio", self.names, norms[:, 1] / norms[:, 0])
-        if self.output_grads:
-            add("grad_norm/output", list(self.output_grads), row_norms(list(self.output_grads.values())))
+        output_names, outputs = list(self.output_grads), list(self.output_grads.values())
         names = list(self.pre_post)
-        pres = [self.pre_post[name][0] for name in names]
-        posts = [self.pre_post[name][1] for name in names]
-        pre_summary = self._add_activation_stats(add, names, pres, posts) if names else None
+        pres = [pre for pre, _ in self.pre_post.values()]
+        posts = [post for _, post in self.pre_post.values()]
+        tensors = grads + pres + posts + outputs
+        ops = _NUMPY if native.handles(tensors + self.weights_after + self.weights_before) else _TORCH
+        # (rows, 6): sum, squares, min, max, mean, std of every tensor, in one call
+        summary = ops.summaries(tensors) if tensors else None
+        ends = np.cumsum([0, len(grads), len(pres), len(posts), len(outputs)])
+        grad_s, pre_s, post_s, output_s = (summary[a:b] if summary is not None else None
+                                           for a, b in zip(ends[:-1], ends[1:], strict=True))
+        norms = ops.update_norms(self.weights_after, self.weights_before)  # (L, 2): |W|, |W - W before|
+        families = []  # (family, layer names, one value per layer), in the order of the tags
+        if grads:
+            families.append(("grad_norm/weight", grad_names, ops.sqrt(grad_s[:, 1])))
+        families += [("weight_norm", self.names, norms[:, 0]), ("update_ratio", self.names, norms[:, 1] / norms[:, 0])]
+        if outputs:
+            families.append(("grad_norm/output", output_names, ops.sqrt(output_s[:, 1])))
+        if names:
+            qs = list(PERCENTILES.values())
+            quantiles = ops.percentiles(pres, qs)  # (L, 3)
+            # one unit over the batch (and positions, for a convolution's channel): (batch, *positions)
+            unit_quantiles = ops.percentiles([pre[:, UNIT] for pre in pres], qs)
+            families += [("preact/mean", names, pre_s[:, 4]), ("preact/std", names, pre_s[:, 5])]
+            families += [(f"preact/{key}", names, quantiles[:, i]) for i, key in enumerate(PERCENTILES)]
+            families += [(f"preact/unit{UNIT}/{key}", names, unit_quantiles[:, i]) for i, key in enumerate(PERCENTILES)]
+            families += [("act/mean", names, post_s[:, 4]), ("act/std", names, post_s[:, 5]),
+                         ("act/saturated", names, ops.saturated(self.activation_name, pres, posts))]
+        tags = list(_tags(tuple((family, tuple(layers)) for family, layers, _ in families)))
+        values = ops.cat([column for _, _, column in families])
         histogram_tags, rows = [], None
         if self.histograms and pres + grads:
             histogram_tags = [f"preact/{name}" for name in names] + [f"grad/weight/{name}" for name in grad_names]
-            together = [s for s in (pre_summary, grad_summary) if s is not None]
-            rows = histogram_rows(pres + grads, torch.cat(together))
-        return Measurement(tags, torch.cat(values), histogram_tags, rows)
+            rows = ops.histogram_rows(pres + grads, ops.cat([s for s in (pre_s, grad_s) if len(s)]))
+        return Measurement(tags, values, histogram_tags, rows)
 
-    def _add_activation_stats(self, add, names: list[str], pres: list[torch.Tensor],
-                              posts: list[torch.Tensor]) -> torch.Tensor:
-        """Add the activation statistics; return the preactivations' `summaries` (histograms reuse them)."""
-        pre_summary = summaries(pres)  # (L, 6): sum, squares, min, max, mean, std
-        add("preact/mean", names, pre_summary[:, 4])
-        add("preact/std", names, pre_summary[:, 5])
-        quantiles = row_percentiles(pres, list(PERCENTILES.values()))  # (L, 3)
-        for column, key in enumerate(PERCENTILES):
-            add(f"preact/{key}", names, quantiles[:, column])
-        # one unit over the batch (and positions, for a convolution's channel): (batch, *positions)
-        quantiles = row_percentiles([pre[:, UNIT] for pre in pres], list(PERCENTILES.values()))
-        for column, key in enumerate(PERCENTILES):
-            add(f"preact/unit{UNIT}/{key}", names, quantiles[:, column])
-        post_summary = summaries(posts)
-        add("act/mean", names, post_summary[:, 4])
-        add("act/std", names, post_summary[:, 5])
-        add("act/saturated", names, saturated_fractions(self.activation_name, pres, posts))
-        return pre_summary
+
+@functools.lru_cache(maxsize=16)
+def _tags(families: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[str, ...]:
+    """Every scalar tag of a measurement, family by family (the same few lists step after step)."""
+    return tuple(f"{family}/{name}" for family, names in families for name in names)
+
+
+# The array operations of `Capture.measure` on each path: numpy arrays from bnlab's compiled loops, or
+# tensors on the measured tensors' device.
+_NUMPY = SimpleNamespace(summaries=native.moments, update_norms=native.update_norms, sqrt=np.sqrt,
+                         percentiles=lambda tensors, qs: numpy_percentiles([t.numpy() for t in tensors], qs),
+                         saturated=native.saturated, cat=np.concatenate, histogram_rows=numpy_histogram_rows)
+_TORCH = SimpleNamespace(summaries=summaries, update_norms=update_norms, sqrt=torch.sqrt, percentiles=row_percentiles,
+                         saturated=lambda activation, pres, posts: saturated_fractions(activation, pres, posts),
+                         cat=torch.cat, histogram_rows=histogram_rows)
+
+
+def _versions(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """Each weight's address and version counter (which every in-place change, an optimizer step
+    too, increments)."""
+    return [(weight.data_ptr(), weight._version) for weight in weights]
 
 
 def _same_layouts(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -206,6 +258,6 @@ def _same_layouts(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def saturated_fractions(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> torch.Tensor:
     """(len,) float64: the fraction of each layer's units in the flat part of its nonlinearity."""
     if native.handles(pres + posts):
-        return native.saturated(activation, pres, posts)
+        return torch.from_numpy(native.saturated(activation, pres, posts))
     return torch.stack([torch.count_nonzero(saturated_mask(activation, pre, post)).double() / post.numel()
                         for pre, post in zip(pres, posts, strict=True)])

@@ -54,7 +54,7 @@ def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of each tensor: (len,) float64, its squares summed in float64 (a vanished gradient's
     1e-25 squares to 1e-50, which float32 would round to 0)."""
     if native.handles(tensors):
-        return native.moments(tensors, centered=False)[:, 1].sqrt()
+        return torch.from_numpy(native.moments(tensors, centered=False)[:, 1]).sqrt()
     try:
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
     except TypeError:  # a torch without the dtype argument
@@ -65,7 +65,7 @@ def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch
     """(len, 2) float64: the L2 norms of after[i] and of after[i] - before[i], the difference of float32
     (or narrower) values exact."""
     if native.handles(after + before):
-        return native.update_norms(after, before)
+        return torch.from_numpy(native.update_norms(after, before))
     steps = torch._foreach_sub([t.double() for t in after], [t.double() for t in before])
     return torch.stack([row_norms(after), row_norms(steps)], dim=1)
 
@@ -74,7 +74,7 @@ def summaries(tensors: list[torch.Tensor]) -> torch.Tensor:
     """(len, 6) float64: each tensor's sum, sum of squares, min, max (NaN if it holds a NaN), mean and
     population std (two-pass), all summed in float64."""
     if native.handles(tensors):
-        return native.moments(tensors)
+        return torch.from_numpy(native.moments(tensors))
 
     def rows_of(stacked):  # (L, n)
         wide = stacked.double()
@@ -121,11 +121,11 @@ def _lerp(below, above, frac, where):
 def row_percentiles(tensors: list[torch.Tensor], qs: list[float]) -> torch.Tensor:
     """(len, len(qs)) float64: numpy's linear percentiles of each tensor (any layout), from one sort."""
     if all(t.is_cpu and t.dtype in (torch.float32, torch.float64) for t in tensors):
-        return torch.from_numpy(_numpy_percentiles([t.detach().numpy() for t in tensors], qs))
+        return torch.from_numpy(numpy_percentiles([t.detach().numpy() for t in tensors], qs))
     return _by_shape(tensors, lambda stacked: percentiles(sort_rows(stacked), qs))
 
 
-def _numpy_percentiles(arrays: list[np.ndarray], qs: list[float]) -> np.ndarray:
+def numpy_percentiles(arrays: list[np.ndarray], qs: list[float]) -> np.ndarray:
     """`row_percentiles` on the CPU in numpy, whose per-op cost is a fraction of torch's."""
     result = np.empty((len(arrays), len(qs)))
     for indices in _shape_groups(arrays):
@@ -150,7 +150,7 @@ def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = N
     low, high = summary[:, 2], summary[:, 3]
     edges = _edges(low, high, bins)
     if native.handles(tensors):
-        counts = native.histogram_counts(tensors, edges)
+        counts = torch.from_numpy(native.histogram_counts(tensors, edges.numpy()))
     else:
         counts = torch.empty(len(tensors), bins, dtype=torch.float64, device=edges.device)
         for indices, stacked in stack_by_shape(tensors):
@@ -160,6 +160,22 @@ def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = N
     sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64, device=edges.device)
     return torch.cat([torch.stack([low, high, sizes, summary[:, 0], summary[:, 1]], dim=1), counts, edges[:, 1:]],
                      dim=1)
+
+
+def numpy_histogram_rows(tensors: list[torch.Tensor], summary: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """`histogram_rows` of CPU float32 tensors in bnlab's compiled loops, from their `native.moments`
+    `summary`, as a numpy array (a few calls: this may run on a worker thread that shares the GIL)."""
+    low, high = summary[:, 2], summary[:, 3]
+    same = low == high
+    first, last = np.where(same, low - 0.5, low), np.where(same, high + 0.5, high)
+    with np.errstate(invalid="ignore", over="ignore"):  # a row holding NaN or infinity: its counts are 0
+        edges = np.arange(bins + 1, dtype=np.float64) * ((last - first) / bins)[:, None] + first[:, None]
+    edges[:, -1] = last
+    counts = native.histogram_counts(tensors, edges)
+    counts[~np.isfinite(edges).all(axis=1)] = 0.0
+    sizes = np.array([t.numel() for t in tensors], dtype=np.float64)
+    return np.concatenate([np.stack([low, high, sizes, summary[:, 0], summary[:, 1]], axis=1), counts, edges[:, 1:]],
+                          axis=1)
 
 
 def _edges(low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:

@@ -194,7 +194,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         try:
             telemetry.close()
         except Exception:  # a figure that could not be drawn must not cost the run its summary
-            log.error("could not write the images\n%s", traceback.format_exc())
+            log.error("could not write the last telemetry records or images\n%s", traceback.format_exc())
         record["metrics"] = dict(telemetry.last)
         if telemetry.initial:
             record["figures"] = gradient_figures(telemetry.initial, telemetry.last)

@@ -5,25 +5,32 @@ the optimizer step. Telemetry keeps the last value of every tag (for summary.jso
 the step-0 values (the gradient profile at initialization) and the short history the
 Figure-1 image needs; all of it goes into checkpoints so a resumed run continues it.
 
-Measuring happens on the training thread. A background thread was tried and measured
-slower on this 2-core machine (default settings +14.7 % against +8.6 % inline, median of 6
-interleaved runs): its hundreds of small ops each wait for the GIL held by the training
-thread's Python, and the training thread then waits for it in turn. Tried again once the
-heavy statistics were compiled loops that release the GIL (every statistic at every step,
-4 interleaved runs, medians 16.3 s against 16.9 s inline): no gain this noisy machine
-could tell from its noise, so the simpler inline measuring stays.
+With `log.background` (the default), a measured step's statistics are computed and written on
+one worker thread while the next step trains: the training thread only takes references to the
+step's tensors and one copy of its weights, and waits for the worker before the next measured
+step's capture (so at most one step is in flight, and the two weight copies are reused in
+turn). The heavy work (compiled loops, numpy's sort) releases the GIL and runs on another core;
+the worker's Python, which must share the GIL with the training thread's, is kept small. Every
+reader of the records (`last`, `initial`, `history`, `state_dict`, `record`, `render_final`,
+`close`) first waits for the step in flight, so records and checkpoints are complete and in
+order. Without it (`log.background=false`, or one core to spare) measuring happens inline:
+the numbers are the same.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from bnlab.figures import hidden_layers
-from bnlab.probes import Probes
+from bnlab.probes import Capture, Probes
 from bnlab.writer import RunWriter
+
+SWITCH_INTERVAL = 0.001  # seconds: sys.setswitchinterval while a worker thread measures (Python's default: 5e-3)
 
 
 def _timed(method):
@@ -49,10 +56,19 @@ class Telemetry:
         self.hist_every = log_cfg.hist_every
         self.probes = Probes(model) if self.enabled else None
         self.images = images  # bnlab.images.ImageLog or None: profile and Figure-1 images at their own interval
-        self.last: dict[str, float] = {}
-        self.initial: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._initial: dict[str, float] = {}
         # (step, preact percentiles of the last hidden layer) per telemetry step: Figure 1 over training
-        self.history: list[tuple[int, dict[str, float]]] = []
+        self._history: list[tuple[int, dict[str, float]]] = []
+        self._worker = None  # measures and writes a step while the next one trains (log.background)
+        self._pending: Future | None = None
+        self._switch_interval = None
+        if self.enabled and log_cfg.background:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="bnlab-telemetry")
+            # The worker's Python holds the GIL in slices of up to the switch interval (5 ms by default, a
+            # whole step here), while the training thread waits to run its own; short slices keep it moving.
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._figure1_tags: list[str] | None = None  # those tags, found once
         self._measuring = False
         self._layout_written = False
@@ -64,43 +80,81 @@ class Telemetry:
         """Step 0 (the gradient before any update), every `log.every` steps, and the last step."""
         return step % self.every == 0 or step == self.total_steps - 1
 
+    @property
+    def last(self) -> dict[str, float]:
+        """The last value of every tag."""
+        self.wait()
+        return self._last
+
+    @property
+    def initial(self) -> dict[str, float]:
+        """Every tag's value at the first telemetry step (the gradient profile at initialization)."""
+        self.wait()
+        return self._initial
+
+    @property
+    def history(self) -> list[tuple[int, dict[str, float]]]:
+        self.wait()
+        return self._history
+
     @_timed
     def start(self, step: int) -> None:
         """Attach the probes for this step's forward and backward pass (if telemetry is on)."""
         self._measuring = self.probes is not None
         if self._measuring:
             self.measured_steps += 1
+            if self.probes.start_copies():  # a weight copy the step in flight may still be reading
+                self.wait()
             self.probes.start(histograms=step % self.hist_every == 0)
 
     @_timed
-    def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> dict[str, float]:
-        """Write this step's records: `always` (loss, lr) plus the probes' statistics."""
+    def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> None:
+        """Write this step's records: `always` (loss, lr) plus the probes' statistics (on the worker
+        thread with `log.background`; `wait` for them)."""
         values = _to_host(always)
-        if self._measuring:
-            measurement = self.probes.finish(keep_hooks=step + 1 < self.total_steps and self.due(step + 1))
+        self.wait()  # the step in flight: its weight copies are about to be reused, and records stay in order
+        if not self._measuring:
+            self._write(step, values, None)
+            return
+        self._measuring = False
+        keep_hooks = step + 1 < self.total_steps and self.due(step + 1)
+        capture = self.probes.capture(keep_hooks, copy_weights=self._worker is not None)
+        if self._worker is None:
+            self._write(step, values, capture)
+        else:
+            self._pending = self._worker.submit(self._write, step, values, capture)
+
+    def wait(self) -> None:
+        """Until the measured step in flight (if any) is written; raises what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, step: int, values: dict[str, float], capture: Capture | None) -> None:
+        if capture is not None:
+            measurement = capture.measure()
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
             self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)
-            self._measuring = False
         self.writer.scalars(step, values)
-        self.last.update(values)
+        self._last.update(values)
         if self.probes is not None:
-            if not self.initial:
-                self.initial = dict(values)
+            if not self._initial:
+                self._initial = dict(values)
             if not self._layout_written:
                 self.writer.layout(list(values))
                 self._layout_written = True
             if self._figure1_tags is None:
                 self._figure1_tags = _last_hidden_preact_tags(values)
-            self.history.append((step, {tag: values[tag] for tag in self._figure1_tags if tag in values}))
+            self._history.append((step, {tag: values[tag] for tag in self._figure1_tags if tag in values}))
             if self.images is not None and self.images.due(step, self.total_steps):
-                self.images.render(self.writer, step, self.initial, values, self.history)
-        return values
+                self.images.render(self.writer, step, self._initial, values, self._history)
 
     def record(self, step: int, values: dict[str, float]) -> None:
         """Write values that are already on the host (test metrics, final figures)."""
+        self.wait()
         self.writer.scalars(step, values)
-        self.last.update(values)
+        self._last.update(values)
 
     @_timed
     def render_final(self, step: int) -> None:
@@ -110,16 +164,25 @@ class Telemetry:
 
     @_timed
     def close(self) -> None:
-        """Wait for images still being drawn and write them (before the writer closes)."""
-        if self.images is not None:
-            self.images.close(self.writer)
+        """Write the step in flight and the images still being drawn (before the writer closes); stop the
+        worker."""
+        try:
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+                self._worker = None
+                sys.setswitchinterval(self._switch_interval)
+            if self.images is not None:
+                self.images.close(self.writer)
 
     def state_dict(self) -> dict:
         return {"last": self.last, "initial": self.initial, "history": self.history,
                 "images": self.images.state_dict() if self.images is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.last, self.initial, self.history = state["last"], state["initial"], state["history"]
+        self.wait()
+        self._last, self._initial, self._history = state["last"], state["initial"], state["history"]
         self._layout_written = True
         if self.images is not None and state.get("images") is not None:
             self.images.load_state_dict(state["images"])

@@ -48,3 +48,17 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Run a test on bnlab's compiled loops ("native": fails if they cannot be built, as this project's
+    machines have a C++ compiler) and on the pure-Python path ("torch", BNLAB_NATIVE=0)."""
+    from bnlab import native
+
+    if request.param == "torch":
+        monkeypatch.setenv("BNLAB_NATIVE", "0")
+    else:
+        monkeypatch.delenv("BNLAB_NATIVE", raising=False)
+        assert native.library() is not None, "the compiled loops did not build (see the log's warning)"
+    return request.param

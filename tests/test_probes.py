@@ -161,6 +161,7 @@ def test_compiled_and_pytorch_statistics_agree_on_a_float32_step(model, monkeypa
     compiled = capture.measure()
     monkeypatch.setenv("BNLAB_NATIVE", "0")
     reference = capture.measure()
+    assert isinstance(compiled.values, np.ndarray) and isinstance(reference.values, torch.Tensor)  # the two paths
     assert compiled.tags == reference.tags and compiled.histogram_tags == reference.histogram_tags
     assert compiled.values.tolist() == pytest.approx(reference.values.tolist(), rel=1e-12, abs=1e-300)
     assert compiled.histogram_rows[:, :3].tolist() == reference.histogram_rows[:, :3].tolist()

@@ -1,6 +1,6 @@
 """Row statistics against numpy, on both paths: bnlab's compiled loops (CPU float32) and PyTorch ops.
 
-The `path` fixture runs a test once on each: "native" fails if the compiled library cannot be built
+The `path` fixture (conftest.py) runs a test once on each: "native" fails if the compiled library cannot be built
 (this project's machines have a C++ compiler), "torch" switches it off with BNLAB_NATIVE=0.
 """
 
@@ -20,16 +20,6 @@ from bnlab.rowstats import (
     summaries,
     update_norms,
 )
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("BNLAB_NATIVE", "0")
-    else:
-        monkeypatch.delenv("BNLAB_NATIVE", raising=False)
-        assert native.library() is not None, "the compiled statistics did not build (see the log's warning)"
-    return request.param
 
 
 def _expected_row(values: np.ndarray) -> list[float]:

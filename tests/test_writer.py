@@ -1,4 +1,5 @@
-"""The writer's records, read back with TensorBoard's own reader and checked against direct computations."""
+"""The writer's records, read back with TensorBoard's own reader and checked against direct computations, on
+both paths (`path`: the compiled Summary encoder, and protobuf objects built in Python)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _read(run_dir):
     return accumulator
 
 
-def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path):
+def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path, path):
     torch.manual_seed(0)
     tensors = {"a": torch.randn(40, 7), "b": torch.randn(40, 7) * 3 + 1, "c": torch.rand(5, 3, 2)}
     writer = RunWriter(tmp_path)
@@ -36,7 +37,7 @@ def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path):
         assert np.isclose(histogram.sum_squares, (values ** 2).sum(), rtol=1e-5)
 
 
-def test_scalars_of_one_step_are_one_event_and_read_back_exactly(tmp_path):
+def test_scalars_of_one_step_are_one_event_and_read_back_exactly(tmp_path, path):
     writer = RunWriter(tmp_path)
     writer.scalars(0, {"x/layer00": 1.5, "x/layer01": 2.25, "loss/train": 0.125})
     writer.scalars(10, {"x/layer00": 3.0})
