@@ -101,8 +101,9 @@ def _data_and_model(cfg):
 def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     """Median extra seconds a measured step costs outside telemetry's own calls: the probes' hooks in
     its forward and backward passes, and the two steps after it running slower on caches and memory
-    the measurement has just used (~1 ms more here). From a measured step and the two after it against
-    three unmeasured steps, alternating which comes first; the measurement itself is not timed."""
+    the measurement has just used, or, where telemetry overlaps them (log.background with every step
+    measured), beside the measurement's thread. From a measured step and the two after it against three
+    unmeasured steps, alternating which comes first; the measurement itself is not timed."""
     import torch
     import torch.nn.functional as F
 
@@ -116,7 +117,7 @@ def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     data, model = _data_and_model(cfg)
     optimizer = build_optimizer(cfg.optim, model)
     x, y = data.x_train[:cfg.data.batch_size], data.y_train[:cfg.data.batch_size]
-    probes = Probes(model)
+    probes, background = Probes(model), bool(cfg.log.background) and cfg.log.every == 1
 
     def step() -> float:
         start = time.perf_counter()
@@ -129,8 +130,11 @@ def side_cost_seconds(overrides: list[str], repeats: int = 200) -> float:
     def measured() -> float:
         probes.start(histograms=True)
         seconds = step()
-        probes.capture().measure()
-        return seconds + step() + step()
+        # as telemetry measures (untimed), beside the next steps or before them
+        pending = probes.capture(copy_weights=background).start_measuring(background)
+        seconds += step() + step()
+        pending.result()
+        return seconds
 
     differences = []
     for repeat in range(repeats):
@@ -150,7 +154,7 @@ def bench_telemetry(steps: int = 1000, repeats: int = 5) -> list[TargetRow]:
 
     Two figures for each. The direct account: within each run, the wall time inside telemetry's own
     calls (measuring, writing, waiting for the last images), each measured step's side cost
-    (`side_cost_seconds`: hooks, and the steps after it slowed by the measurement), and
+    (`side_cost_seconds`: hooks, and the steps after it slowed by the measurement or beside its thread), and
     the time the training thread waited outside those calls (wall minus its CPU time: another process
     or thread holding its core or the GIL), each minus the off run's; the ratio run / (run - that)
     is immune to the machine's speed, which here swings by up to 2x for seconds at a time and moves
@@ -163,11 +167,11 @@ def bench_telemetry(steps: int = 1000, repeats: int = 5) -> list[TargetRow]:
         runs = {name: _trainer(overrides, Path(work) / name) for name, overrides in configs.items()}
         arms = {name: (lambda name=name: results[name].append(runs[name]())) for name in configs}
         times = interleaved(arms, repeats)
-    side = side_cost_seconds(base)
     per_step_ms = [t / steps * 1e3 for t in times["off"]]
     rows = []
     for name, label, target in (("default", "default log.every, histograms, images vs off", 0.05),
                                 ("every_step", "every statistic at every step vs off", 0.50)):
+        side = side_cost_seconds(configs[name])
         accounts = []
         for wall, off_wall, (result, cpu), (off, off_cpu) in zip(times[name], times["off"], results[name],
                                                                  results["off"], strict=True):

@@ -94,7 +94,7 @@ class LogConfig:
     every: int = 50  # a telemetry step costs several plain steps: every 50 keeps the default run within 5%
     hist_every: int = 100
     image_every: int | None = None  # None: about ten images per run
-    background: bool = False  # measure and write a step on a worker thread while the next one trains
+    background: bool = True  # measure a step while the next one (if measured) trains, on a compiled thread
 
 
 @dataclass

@@ -29,7 +29,7 @@ SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rowstats.cpp", 
 # -fno-trapping-math lets the histogram loop vectorize; -ffp-contract=off keeps k * step + first rounded twice, as
 # numpy rounds its bin edges. -march=native uses this CPU's vector width; where the compiler refuses it, the
 # portable build follows.
-FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 TUNED = ["-march=native"]
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ _SIGNATURES = {  # name: (argument types, result type)
     "bnlab_update_norms": ([_N, _P, _P, _P, _P], None),
     "bnlab_histograms": ([_N, _P, _P, _N, _P, _P, _P], None),
     "bnlab_saturated": ([_N, _P, _P, _P, _INT, _P], None),
+    "bnlab_step": ([_P], None),
+    "bnlab_step_start": ([_P], _P),
+    "bnlab_step_wait": ([_P], None),
     "bnlab_scalar_summary": ([_N, _P, _P, _P, _P], _N),
     "bnlab_scalar_summary_size": ([_N, _P], _N),
     "bnlab_histogram_summary": ([_N, _P, _P, _P, _N, _P], _N),
@@ -163,6 +166,76 @@ def saturated(activation: str, pres: list[torch.Tensor], posts: list[torch.Tenso
     library().bnlab_saturated(len(pres), _addresses(pres), _addresses(posts), _sizes(pres),
                               SATURATION_KINDS.get(activation, 0), out.ctypes.data)
     return out
+
+
+class _Step(ctypes.Structure):
+    """csrc/rowstats.cpp's `Step`: one measured step's tensors and where its statistics go."""
+
+    _fields_ = [(name, _N) for name in ("grads", "weights", "outputs", "activations")] + [
+        (name, _P) for name in ("grad", "grad_sizes", "after", "before", "weight_sizes", "output", "output_sizes",
+                                "pre", "post", "activation_sizes", "unit", "unit_shapes", "unit_strides")] + [
+        ("kind", _INT), ("percentile_count", _INT), ("qs", _P), ("bins", _N), ("values", _P), ("histograms", _P)]
+
+
+class StepStatistics:
+    """A measured step's statistics (bnlab.probes.Capture.measure) computed in one compiled call, on a thread
+    of its own when `background` (it never takes the GIL, so the training thread never waits for it).
+
+    `values`: the scalars in bnlab.probes' tag order; `histograms`: a `bnlab.rowstats.histogram_rows` row of
+    each preactivation, then each gradient (None with bins=0). Read them after `wait()`. The tensors must
+    not change until then (this object keeps them alive)."""
+
+    def __init__(self, grads, after, before, outputs, pres, posts, unit: int, activation: str, qs: list[float],
+                 bins: int, background: bool):
+        self._thread = None
+        if not 0 <= bins <= 255:
+            raise ValueError(f"histograms take 1 to 255 bins (0: none), got {bins}")
+        if len(qs) > 8:
+            raise ValueError(f"at most 8 percentiles a step, got {len(qs)}")
+        grads, outputs = [_dense(t) for t in grads], [_dense(t) for t in outputs]
+        weights = [_same_layout(x, y) for x, y in zip(after, before, strict=True)]
+        activations = [_same_layout(pre, post) for pre, post in zip(pres, posts, strict=True)]
+        # pre[:, unit] (the batch and any positions) by its address and up to 3 (size, stride) dims: no tensor op
+        units, dims, copies = [], [], []
+        for pre in pres:
+            if pre.dim() <= 4:
+                units.append(pre.data_ptr() + unit * pre.stride(1) * pre.element_size())
+                unit_dims = [(pre.shape[0], pre.stride(0)), *zip(pre.shape[2:], pre.stride()[2:], strict=True)]
+            else:
+                copies.append(pre[:, unit].contiguous())
+                units.append(copies[-1].data_ptr())
+                unit_dims = [(copies[-1].numel(), 1)]
+            dims += unit_dims + [(1, 0)] * (3 - len(unit_dims))
+        units = (ctypes.c_void_p * len(units))(*units)
+        shapes = np.array([size for size, _ in dims], dtype=np.int64)
+        strides = np.array([step for _, step in dims], dtype=np.int64)
+        qs = np.asarray(qs, dtype=np.float64)
+        count = len(grads) + 2 * len(weights) + len(outputs) + (5 + 2 * len(qs)) * len(activations)
+        self.values = np.empty(count)
+        self.histograms = np.empty((len(activations) + len(grads), 5 + 2 * bins)) if bins else None
+        arrays = [_addresses(grads), _sizes(grads), _addresses([x for x, _ in weights]),
+                  _addresses([y for _, y in weights]), _sizes([x for x, _ in weights]), _addresses(outputs),
+                  _sizes(outputs), _addresses([pre for pre, _ in activations]),
+                  _addresses([post for _, post in activations]), _sizes([pre for pre, _ in activations]), units]
+        self._step = _Step(len(grads), len(weights), len(outputs), len(activations), *map(ctypes.addressof, arrays),
+                           shapes.ctypes.data, strides.ctypes.data, SATURATION_KINDS.get(activation, 0), len(qs),
+                           qs.ctypes.data, bins, self.values.ctypes.data,
+                           self.histograms.ctypes.data if bins else None)
+        self._keep = (grads, weights, outputs, activations, pres, copies, shapes, strides, qs, arrays)
+        self._lib = library()
+        if background:
+            self._thread = self._lib.bnlab_step_start(ctypes.byref(self._step))
+        else:
+            self._lib.bnlab_step(ctypes.byref(self._step))
+
+    def wait(self) -> StepStatistics:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            self._lib.bnlab_step_wait(thread)
+        return self
+
+    def __del__(self):  # never free what the thread still reads
+        self.wait()
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

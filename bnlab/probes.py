@@ -3,33 +3,26 @@
 The training loop only says when to measure (`start` before the forward pass,
 `finish` after the optimizer step); it does not know which statistics exist.
 Hooks only keep references; `capture` takes the step's tensors (the weights before
-the step are the one copy) and `Capture.measure` computes every statistic on the
-device, each for all layers at once (`bnlab.rowstats`: on a CPU the per-op overhead,
-not the arithmetic, is the cost), into one float64 vector that the caller brings to
-the host in one transfer. Between measurements no hook is attached (between two
-measured steps in a row they stay, disarmed), so an unlogged step costs nothing.
-"""
+the step are the one copy, and with `copy_weights` the weights after) and
+`Capture.start_measuring` computes every statistic: on CPU float32 tensors in one call of
+bnlab's compiled loops (`native.StepStatistics`), which may run on a thread of its own
+beside the next step; elsewhere in PyTorch ops on the device, each for all layers at once
+(`bnlab.rowstats`: on a CPU the per-op overhead, not the arithmetic, is the cost). Either
+way one float64 vector comes to the host in one transfer. Between measurements no hook is
+attached (between two measured steps in a row they stay, disarmed), so an unlogged step
+costs nothing."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch import nn
 
 from bnlab import native
 from bnlab.figures import UNIT
-from bnlab.rowstats import (
-    histogram_rows,
-    numpy_histogram_rows,
-    numpy_percentiles,
-    row_percentiles,
-    summaries,
-    update_norms,
-)
+from bnlab.rowstats import HISTOGRAM_BINS, histogram_rows, row_norms, row_percentiles, summaries, update_norms
 
 PERCENTILES = {"p15": 0.15, "p50": 0.50, "p85": 0.85}
 
@@ -185,63 +178,81 @@ class Capture:
     pre_post: dict[str, tuple[torch.Tensor, torch.Tensor]]
     histograms: bool
 
-    @torch.no_grad()
     def measure(self) -> Measurement:
-        """Every statistic, computed on the tensors' device (see `bnlab.rowstats`): CPU float32 tensors in
-        bnlab's compiled loops and numpy (a few calls, little Python: this may run on a worker thread that
-        shares the GIL with training), anything else in PyTorch ops; the two are tested against each other."""
+        """Every statistic, computed on the tensors' device."""
+        return self.start_measuring(background=False).result()
+
+    @torch.no_grad()
+    def start_measuring(self, background: bool = True) -> PendingMeasurement:
+        """Start computing every statistic; `result()` of what this returns gives the Measurement.
+
+        CPU float32 tensors: one call of bnlab's compiled loops (`native.StepStatistics`), with
+        `background` on a thread of its own while the caller goes on. Otherwise PyTorch ops on the tensors'
+        device (`bnlab.rowstats`; a GPU runs them asynchronously until the result is read). The two paths
+        are tested against each other."""
         grad_names, grads = list(self.weight_grads), list(self.weight_grads.values())
         output_names, outputs = list(self.output_grads), list(self.output_grads.values())
         names = list(self.pre_post)
         pres = [pre for pre, _ in self.pre_post.values()]
         posts = [post for _, post in self.pre_post.values()]
-        tensors = grads + pres + posts + outputs
-        ops = _NUMPY if native.handles(tensors + self.weights_after + self.weights_before) else _TORCH
-        # (rows, 6): sum, squares, min, max, mean, std of every tensor, in one call
-        summary = ops.summaries(tensors) if tensors else None
-        ends = np.cumsum([0, len(grads), len(pres), len(posts), len(outputs)])
-        grad_s, pre_s, post_s, output_s = (summary[a:b] if summary is not None else None
-                                           for a, b in zip(ends[:-1], ends[1:], strict=True))
-        norms = ops.update_norms(self.weights_after, self.weights_before)  # (L, 2): |W|, |W - W before|
-        families = []  # (family, layer names, one value per layer), in the order of the tags
-        if grads:
-            families.append(("grad_norm/weight", grad_names, ops.sqrt(grad_s[:, 1])))
-        families += [("weight_norm", self.names, norms[:, 0]), ("update_ratio", self.names, norms[:, 1] / norms[:, 0])]
-        if outputs:
-            families.append(("grad_norm/output", output_names, ops.sqrt(output_s[:, 1])))
+        families = [("grad_norm/weight", grad_names)] if grads else []
+        families += [("weight_norm", self.names), ("update_ratio", self.names)]
+        families += [("grad_norm/output", output_names)] if outputs else []
         if names:
-            qs = list(PERCENTILES.values())
-            quantiles = ops.percentiles(pres, qs)  # (L, 3)
-            # one unit over the batch (and positions, for a convolution's channel): (batch, *positions)
-            unit_quantiles = ops.percentiles([pre[:, UNIT] for pre in pres], qs)
-            families += [("preact/mean", names, pre_s[:, 4]), ("preact/std", names, pre_s[:, 5])]
-            families += [(f"preact/{key}", names, quantiles[:, i]) for i, key in enumerate(PERCENTILES)]
-            families += [(f"preact/unit{UNIT}/{key}", names, unit_quantiles[:, i]) for i, key in enumerate(PERCENTILES)]
-            families += [("act/mean", names, post_s[:, 4]), ("act/std", names, post_s[:, 5]),
-                         ("act/saturated", names, ops.saturated(self.activation_name, pres, posts))]
-        tags = list(_tags(tuple((family, tuple(layers)) for family, layers, _ in families)))
-        values = ops.cat([column for _, _, column in families])
-        histogram_tags, rows = [], None
-        if self.histograms and pres + grads:
+            families += [("preact/mean", names), ("preact/std", names)]
+            families += [(f"preact/{key}", names) for key in PERCENTILES]
+            families += [(f"preact/unit{UNIT}/{key}", names) for key in PERCENTILES]
+            families += [("act/mean", names), ("act/std", names), ("act/saturated", names)]
+        tags = list(_tags(tuple((family, tuple(layers)) for family, layers in families)))
+        histogram_tags = []
+        if self.histograms:
             histogram_tags = [f"preact/{name}" for name in names] + [f"grad/weight/{name}" for name in grad_names]
-            rows = ops.histogram_rows(pres + grads, ops.cat([s for s in (pre_s, grad_s) if len(s)]))
-        return Measurement(tags, values, histogram_tags, rows)
+        if native.handles(grads + outputs + pres + posts + self.weights_after + self.weights_before):
+            statistics = native.StepStatistics(grads, self.weights_after, self.weights_before, outputs, pres, posts,
+                                               UNIT, self.activation_name, list(PERCENTILES.values()),
+                                               HISTOGRAM_BINS if histogram_tags else 0, background)
+            return PendingMeasurement(tags, histogram_tags, statistics)
+        units = [pre[:, UNIT] for pre in pres]  # one unit over the batch (and positions, for a convolution)
+        values = self._torch_values(grads, outputs, pres, posts, units)
+        rows = histogram_rows(pres + grads) if histogram_tags else None
+        return PendingMeasurement(tags, histogram_tags, Measurement(tags, values, histogram_tags, rows))
+
+    def _torch_values(self, grads, outputs, pres, posts, units) -> torch.Tensor:
+        """The scalars in the order of `start_measuring`'s tags, by PyTorch ops (`bnlab.rowstats`)."""
+        columns = []
+        if grads:
+            columns.append(row_norms(grads))
+        norms = update_norms(self.weights_after, self.weights_before)  # (L, 2): |W|, |W - W before|
+        columns += [norms[:, 0], norms[:, 1] / norms[:, 0]]
+        if outputs:
+            columns.append(row_norms(outputs))
+        if pres:
+            pre_summary = summaries(pres)  # (L, 6): sum, squares, min, max, mean, std
+            post_summary = summaries(posts)
+            qs = list(PERCENTILES.values())
+            columns += [pre_summary[:, 4], pre_summary[:, 5], *row_percentiles(pres, qs).T,
+                        *row_percentiles(units, qs).T, post_summary[:, 4], post_summary[:, 5],
+                        saturated_fractions(self.activation_name, pres, posts)]
+        return torch.cat([column.double().reshape(-1) for column in columns])
+
+
+class PendingMeasurement:
+    """A step's statistics on their way (`Capture.start_measuring`); `result()` waits for them."""
+
+    def __init__(self, tags: list[str], histogram_tags: list[str], source):
+        self._tags, self._histogram_tags, self._source = tags, histogram_tags, source
+
+    def result(self) -> Measurement:
+        if isinstance(self._source, Measurement):
+            return self._source
+        statistics = self._source.wait()
+        return Measurement(self._tags, statistics.values, self._histogram_tags, statistics.histograms)
 
 
 @functools.lru_cache(maxsize=16)
 def _tags(families: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[str, ...]:
     """Every scalar tag of a measurement, family by family (the same few lists step after step)."""
     return tuple(f"{family}/{name}" for family, names in families for name in names)
-
-
-# The array operations of `Capture.measure` on each path: numpy arrays from bnlab's compiled loops, or
-# tensors on the measured tensors' device.
-_NUMPY = SimpleNamespace(summaries=native.moments, update_norms=native.update_norms, sqrt=np.sqrt,
-                         percentiles=lambda tensors, qs: numpy_percentiles([t.numpy() for t in tensors], qs),
-                         saturated=native.saturated, cat=np.concatenate, histogram_rows=numpy_histogram_rows)
-_TORCH = SimpleNamespace(summaries=summaries, update_norms=update_norms, sqrt=torch.sqrt, percentiles=row_percentiles,
-                         saturated=lambda activation, pres, posts: saturated_fractions(activation, pres, posts),
-                         cat=torch.cat, histogram_rows=histogram_rows)
 
 
 def _versions(weights: list[torch.Tensor]) -> list[tuple[int, int]]:

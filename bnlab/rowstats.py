@@ -6,7 +6,8 @@ tensors; everything else (other devices and dtypes, or no C++ compiler) to PyTor
 of one shape stacked into rows, one op per step of a computation for all of them. The two paths are
 tested against each other and against numpy. Percentiles come from one sort of each tensor: numpy's
 on the CPU (vectorized, faster here than selection with std::nth_element or torch's sort), the
-device's elsewhere.
+device's elsewhere. (A measured training step on the CPU takes all of this in one compiled call
+instead, `native.StepStatistics`, whose percentiles select their order statistics without sorting.)
 
 Histograms follow `numpy.histogram(row, bins, range=(min, max))` of the float64 values exactly: bin
 edges are numpy's float64 `linspace`, bin k holds edge[k] <= x < edge[k+1] (the last bin also holds
@@ -160,22 +161,6 @@ def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = N
     sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64, device=edges.device)
     return torch.cat([torch.stack([low, high, sizes, summary[:, 0], summary[:, 1]], dim=1), counts, edges[:, 1:]],
                      dim=1)
-
-
-def numpy_histogram_rows(tensors: list[torch.Tensor], summary: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
-    """`histogram_rows` of CPU float32 tensors in bnlab's compiled loops, from their `native.moments`
-    `summary`, as a numpy array (a few calls: this may run on a worker thread that shares the GIL)."""
-    low, high = summary[:, 2], summary[:, 3]
-    same = low == high
-    first, last = np.where(same, low - 0.5, low), np.where(same, high + 0.5, high)
-    with np.errstate(invalid="ignore", over="ignore"):  # a row holding NaN or infinity: its counts are 0
-        edges = np.arange(bins + 1, dtype=np.float64) * ((last - first) / bins)[:, None] + first[:, None]
-    edges[:, -1] = last
-    counts = native.histogram_counts(tensors, edges)
-    counts[~np.isfinite(edges).all(axis=1)] = 0.0
-    sizes = np.array([t.numel() for t in tensors], dtype=np.float64)
-    return np.concatenate([np.stack([low, high, sizes, summary[:, 0], summary[:, 1]], axis=1), counts, edges[:, 1:]],
-                          axis=1)
 
 
 def _edges(low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:

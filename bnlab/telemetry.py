@@ -5,32 +5,28 @@ the optimizer step. Telemetry keeps the last value of every tag (for summary.jso
 the step-0 values (the gradient profile at initialization) and the short history the
 Figure-1 image needs; all of it goes into checkpoints so a resumed run continues it.
 
-With `log.background` (the default), a measured step's statistics are computed and written on
-one worker thread while the next step trains: the training thread only takes references to the
-step's tensors and one copy of its weights, and waits for the worker before the next measured
-step's capture (so at most one step is in flight, and the two weight copies are reused in
-turn). The heavy work (compiled loops, numpy's sort) releases the GIL and runs on another core;
-the worker's Python, which must share the GIL with the training thread's, is kept small. Every
-reader of the records (`last`, `initial`, `history`, `state_dict`, `record`, `render_final`,
-`close`) first waits for the step in flight, so records and checkpoints are complete and in
-order. Without it (`log.background=false`, or one core to spare) measuring happens inline:
-the numbers are the same.
+With `log.background` (the default), when the next step is measured too, a measured step's
+statistics are computed while that step trains: on CPU float32 tensors by bnlab's compiled loops
+on a thread of their own that never touches Python (`bnlab.native.StepStatistics`), so it takes
+no GIL from the training thread; on a GPU by kernels the device runs asynchronously. The
+training thread only takes references to the step's tensors and one copy of its weights, and
+writes a step's records when the next one finishes (or before anything reads them: `last`,
+`initial`, `history`, `record`, `state_dict`, `close`), so records and checkpoints are complete
+and in order, and at most one step is in flight. A Python worker thread was tried first and
+measured slower than measuring inline: its Python competes with the training thread's for the
+GIL. `log.background=false` measures inline; the numbers are the same.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from bnlab.figures import hidden_layers
-from bnlab.probes import Capture, Probes
+from bnlab.probes import Measurement, PendingMeasurement, Probes
 from bnlab.writer import RunWriter
-
-SWITCH_INTERVAL = 0.001  # seconds: sys.setswitchinterval while a worker thread measures (Python's default: 5e-3)
 
 
 def _timed(method):
@@ -60,15 +56,8 @@ class Telemetry:
         self._initial: dict[str, float] = {}
         # (step, preact percentiles of the last hidden layer) per telemetry step: Figure 1 over training
         self._history: list[tuple[int, dict[str, float]]] = []
-        self._worker = None  # measures and writes a step while the next one trains (log.background)
-        self._pending: Future | None = None
-        self._switch_interval = None
-        if self.enabled and log_cfg.background:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="bnlab-telemetry")
-            # The worker's Python holds the GIL in slices of up to the switch interval (5 ms by default, a
-            # whole step here), while the training thread waits to run its own; short slices keep it moving.
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
+        self.background = bool(log_cfg.background)  # measure a step while the next one trains
+        self._pending: tuple[int, dict[str, float], PendingMeasurement] | None = None  # the step in flight
         self._figure1_tags: list[str] | None = None  # those tags, found once
         self._measuring = False
         self._layout_written = False
@@ -104,35 +93,42 @@ class Telemetry:
         if self._measuring:
             self.measured_steps += 1
             if self.probes.start_copies():  # a weight copy the step in flight may still be reading
-                self.wait()
+                self._flush()
             self.probes.start(histograms=step % self.hist_every == 0)
 
     @_timed
     def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> None:
-        """Write this step's records: `always` (loss, lr) plus the probes' statistics (on the worker
-        thread with `log.background`; `wait` for them)."""
+        """Write this step's records: `always` (loss, lr) plus the probes' statistics (with `log.background`,
+        when the next measured step finishes or `wait` is called)."""
         values = _to_host(always)
-        self.wait()  # the step in flight: its weight copies are about to be reused, and records stay in order
+        self._flush()  # the step in flight: its weight copies are about to be reused, and records stay in order
         if not self._measuring:
             self._write(step, values, None)
             return
         self._measuring = False
-        keep_hooks = step + 1 < self.total_steps and self.due(step + 1)
-        capture = self.probes.capture(keep_hooks, copy_weights=self._worker is not None)
-        if self._worker is None:
-            self._write(step, values, capture)
+        next_measured = step + 1 < self.total_steps and self.due(step + 1)
+        # Only beside a measured step: after an unmeasured one the records (and the step's tensors, held
+        # until then) would wait until the next measured step, for a gain of a fraction of a percent.
+        overlap = self.background and next_measured
+        pending = self.probes.capture(next_measured, copy_weights=overlap).start_measuring(overlap)
+        if overlap:
+            self._pending = (step, values, pending)
         else:
-            self._pending = self._worker.submit(self._write, step, values, capture)
+            self._write(step, values, pending.result())
 
+    @_timed
     def wait(self) -> None:
-        """Until the measured step in flight (if any) is written; raises what it raised."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Write the measured step in flight, if any."""
+        self._flush()
 
-    def _write(self, step: int, values: dict[str, float], capture: Capture | None) -> None:
-        if capture is not None:
-            measurement = capture.measure()
+    def _flush(self) -> None:
+        if self._pending is not None:
+            step, values, pending = self._pending
+            self._pending = None
+            self._write(step, values, pending.result())
+
+    def _write(self, step: int, values: dict[str, float], measurement: Measurement | None) -> None:
+        if measurement is not None:
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
             self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)
@@ -159,20 +155,16 @@ class Telemetry:
     @_timed
     def render_final(self, step: int) -> None:
         """The last image, at the run's last step, unless that step already has one."""
-        if self.images is not None and self.history and not self.images.rendered(step):
-            self.images.render(self.writer, step, self.initial, self.last, self.history)
+        self._flush()
+        if self.images is not None and self._history and not self.images.rendered(step):
+            self.images.render(self.writer, step, self._initial, self._last, self._history)
 
     @_timed
     def close(self) -> None:
-        """Write the step in flight and the images still being drawn (before the writer closes); stop the
-        worker."""
+        """Write the step in flight and the images still being drawn (before the writer closes)."""
         try:
-            self.wait()
+            self._flush()
         finally:
-            if self._worker is not None:
-                self._worker.shutdown()
-                self._worker = None
-                sys.setswitchinterval(self._switch_interval)
             if self.images is not None:
                 self.images.close(self.writer)
 
@@ -181,7 +173,7 @@ class Telemetry:
                 "images": self.images.state_dict() if self.images is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.wait()
+        self._flush()
         self._last, self._initial, self._history = state["last"], state["initial"], state["history"]
         self._layout_written = True
         if self.images is not None and state.get("images") is not None:

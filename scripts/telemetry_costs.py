@@ -2,8 +2,9 @@
 
 Usage: .venv/bin/python scripts/telemetry_costs.py [OVERRIDES...]   (e.g. log.every=1 log.hist_every=1)
 Complements `bnlab bench telemetry` (an end-to-end ratio, noisy on a shared machine) with a direct
-account: each call's share of the run's wall time. `Telemetry.finish` includes measuring and writing;
-`Telemetry.close` is the wait for the last images to be drawn.
+account: each call's share of the run's wall time. `Telemetry.finish` includes capturing, starting the
+measurement and writing the step before (`_flush`: waiting for its measurement, `PendingMeasurement.result`,
+then `_write`); `Telemetry.close` is the wait for the last images to be drawn.
 """
 
 import collections
@@ -16,8 +17,9 @@ from bnlab import images, probes, telemetry, writer
 from bnlab.bench import _trainer
 
 CALLS = [(telemetry.Telemetry, "start"), (telemetry.Telemetry, "finish"), (telemetry.Telemetry, "close"),
-         (probes.Probes, "capture"), (probes.Capture, "measure"), (writer.RunWriter, "scalars"),
-         (writer.RunWriter, "histogram_rows"), (images.ImageLog, "render")]
+         (telemetry.Telemetry, "_flush"), (telemetry.Telemetry, "_write"), (probes.Probes, "start"),
+         (probes.Probes, "capture"), (probes.Capture, "start_measuring"), (probes.PendingMeasurement, "result"),
+         (writer.RunWriter, "scalars"), (writer.RunWriter, "histogram_rows"), (images.ImageLog, "render")]
 
 
 def main() -> None:

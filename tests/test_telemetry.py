@@ -6,22 +6,26 @@ import json
 
 import pytest
 from conftest import TINY, scalars, train_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def test_a_failing_measurement_fails_the_run_with_its_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_a_failing_measurement_fails_the_run_with_its_error_and_keeps_what_was_written(tmp_path, monkeypatch,
+                                                                                      background):
     from bnlab import probes
 
     calls = {"n": 0}
-    measure = probes.Capture.measure
+    result_of = probes.PendingMeasurement.result
 
-    def measure_then_fail(self):
+    def fail_the_second(self):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("measurement broke at the second logged step")
-        return measure(self)
+        return result_of(self)
 
-    monkeypatch.setattr(probes.Capture, "measure", measure_then_fail)
-    result = train_in_process(tmp_path / "run", *TINY)
+    monkeypatch.setattr(probes.PendingMeasurement, "result", fail_the_second)
+    # every step measured: with log.background each measurement runs beside the next step
+    result = train_in_process(tmp_path / "run", *TINY, "log.every=1", f"log.background={background}")
     assert result.status == "failed" and "measurement broke" in result.error
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed"
@@ -38,3 +42,23 @@ def test_every_logged_step_is_written_once_and_in_the_summary(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metrics"]["grad_norm/output/layer00"] == pytest.approx(tags["grad_norm/output/layer00"][-1][1],
                                                                            rel=1e-6)  # TensorBoard keeps float32
+
+
+def test_measuring_beside_the_next_step_writes_what_measuring_inline_writes(tmp_path):
+    """log.background (every step measured beside the next, the records written a step later) against
+    inline measuring: the same records, every tag and step, to the last bit TensorBoard keeps."""
+    runs = {}
+    for background in ("true", "false"):
+        result = train_in_process(tmp_path / background, *TINY, "log.every=1", "log.hist_every=2",
+                                  f"log.background={background}")
+        assert result.status == "completed"
+        runs[background] = scalars(tmp_path / background)
+    assert runs["true"] == runs["false"]
+    assert len(runs["true"]["preact/p50/layer00"]) == 12
+    histograms = {}
+    for background in ("true", "false"):
+        accumulator = EventAccumulator(str(tmp_path / background), size_guidance={"histograms": 0})
+        accumulator.Reload()
+        histograms[background] = {tag: [(e.step, e.histogram_value) for e in accumulator.Histograms(tag)]
+                                  for tag in accumulator.Tags()["histograms"]}
+    assert histograms["true"] == histograms["false"] and len(histograms["true"]["grad/weight/layer00"]) == 6
