@@ -196,7 +196,7 @@ def test_hooks_kept_for_the_next_measured_step_are_not_doubled_and_ignore_evalua
         assert hooked == (len(net.weight_layers) + len(net.activations) if keep else 0)
         with torch.no_grad():
             net(torch.randn(50, 5, dtype=torch.float64))  # an evaluation between measured steps
-        assert probes._pre_post == {} and probes._output_grads == {}
+        assert probes._pre_post == {} and probes._outputs == {}
     # each step measured its own batch of 8 (not the evaluation's 50): the same tags, the same values
     assert measurements[0].keys() == measurements[2].keys()
     for tag in measurements[0]:
@@ -221,3 +221,31 @@ def test_the_update_ratio_of_later_steps_uses_that_step_s_weights_before():
             after = layer.weight.detach().numpy()
             expected = np.linalg.norm(after - before[i].numpy()) / np.linalg.norm(after)
             assert s[f"update_ratio/layer{i:02d}"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_weight_copies_of_consecutive_steps_alternate_and_stay_out_of_autograd():
+    """With copy_weights (telemetry's log.background), the copy of the weights after a step is the next
+    measured step's weights before; the copies never join a graph; a change in between is noticed."""
+    net = _tiny()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    probes = Probes(net)
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 4, (8,))
+    captures = []
+    for step in range(3):
+        if step == 2:
+            with torch.no_grad():  # a change between measured steps (as a checkpoint load would make)
+                next(iter(net.weight_layers.values())).weight.mul_(1.5)
+        assert probes.start_copies() == (step != 1)
+        probes.start()
+        before = [layer.weight.detach().clone() for layer in net.weight_layers.values()]
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        capture = probes.capture(keep_hooks=True, copy_weights=True)
+        assert not any(t.requires_grad for t in capture.weights_before + capture.weights_after)
+        assert all(torch.equal(copy, weight) for copy, weight in zip(capture.weights_before, before, strict=True))
+        assert all(torch.equal(copy, layer.weight) for copy, layer in zip(capture.weights_after,
+                                                                            net.weight_layers.values(), strict=True))
+        captures.append(capture)
+    assert captures[1].weights_before[0] is captures[0].weights_after[0]  # reused, not copied again
+    probes.detach()
