@@ -44,9 +44,10 @@ def test_every_logged_step_is_written_once_and_in_the_summary(tmp_path):
                                                                            rel=1e-6)  # TensorBoard keeps float32
 
 
-def test_measuring_beside_the_next_step_writes_what_measuring_inline_writes(tmp_path):
+def test_measuring_beside_the_next_step_writes_what_measuring_inline_writes(tmp_path, path):
     """log.background (every step measured beside the next, the records written a step later) against
-    inline measuring: the same records, every tag and step, to the last bit TensorBoard keeps."""
+    inline measuring: the same records, every tag and step, to the last bit TensorBoard keeps; on the
+    compiled path (its own thread) and the PyTorch path (kernels the device runs asynchronously)."""
     runs = {}
     for background in ("true", "false"):
         result = train_in_process(tmp_path / background, *TINY, "log.every=1", "log.hist_every=2",
