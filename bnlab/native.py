@@ -1,12 +1,14 @@
-"""bnlab's compiled loops: row statistics (csrc/rowstats.cpp) and TensorBoard summaries (csrc/events.cpp),
-built on first use into one library, called through ctypes.
+"""bnlab's compiled loops: row statistics (csrc/rowstats.cpp), TensorBoard summaries (csrc/events.cpp) and
+BatchNorm of CPU float32 tensors (csrc/batchnorm.cpp, called by bnlab.nn.functional), built on first use into
+one library, called through ctypes.
 
 The sources are compiled once per machine with the system's C++ compiler (`$CXX`, else `c++` or `g++`;
 about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the sources,
 the compiler, its flags and the CPU it is tuned for, so an edit or another machine rebuilds it. Without
 a compiler, or with `BNLAB_NATIVE=0`, `library()` is None and bnlab.rowstats computes everything with
-PyTorch ops instead (the reference it is tested against), and bnlab.writer builds protobuf objects.
-Only CPU float32 tensors come here: those are what a CPU training run measures.
+PyTorch ops instead (the reference it is tested against), bnlab.writer builds protobuf objects and
+BatchNorm runs its PyTorch path.
+Only CPU float32 tensors come here: those are what a CPU training run normalizes and measures.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rowstats.cpp", "events.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rowstats.cpp", "events.cpp", "batchnorm.cpp")]
 # -fno-trapping-math lets the histogram loop vectorize; -ffp-contract=off keeps k * step + first rounded twice, as
 # numpy rounds its bin edges. -march=native uses this CPU's vector width; where the compiler refuses it, the
 # portable build follows.
@@ -42,6 +44,8 @@ _SIGNATURES = {  # name: (argument types, result type)
     "bnlab_step": ([_P], None),
     "bnlab_step_start": ([_P], _P),
     "bnlab_step_wait": ([_P], None),
+    "bnlab_bn_forward": ([_P, _N, _N, _N, _N, _N, _N, _P, _P, ctypes.c_double, _P, _P, _P, _P, _P], None),
+    "bnlab_bn_backward": ([_P, _P, _N, _N, _N, _N, _N, _N, _P, _P, _P, _INT, _P, _P, _P], None),
     "bnlab_scalar_summary": ([_N, _P, _P, _P, _P], _N),
     "bnlab_scalar_summary_size": ([_N, _P], _N),
     "bnlab_histogram_summary": ([_N, _P, _P, _P, _N, _P], _N),

@@ -3,8 +3,11 @@
 Everything is plain PyTorch tensor arithmetic; no aten batch-norm kernel (F.batch_norm,
 torch.native_batch_norm, cudnn, ...) is called. On a CUDA tensor, forward_kernel and backward_kernel
 hand over to the Triton kernels of triton_kernels.py where Triton is installed (BNLAB_TRITON=0 keeps
-this file's path, which stays the reference they are tested against). Shapes: x is (N, C, *) in any memory format;
-per-channel tensors are (C,) and get viewed as (C, 1, ...) where they broadcast against x.
+this file's path, which stays the reference they are tested against); on a CPU float32 tensor, to
+bnlab's compiled loops (csrc/batchnorm.cpp: one call a direction instead of a dozen ops) below
+COMPILED_MAX_NUMEL elements or with one torch thread (BNLAB_NATIVE=0 keeps this file's path).
+Shapes: x is (N, C, *) in any memory format; per-channel tensors are (C,) and get viewed as
+(C, 1, ...) where they broadcast against x.
 
 Speed on CPU comes from touching full-size memory as rarely as possible. Each direction
 allocates one full-size buffer and reuses it: the forward's holds (x - mean)^2 for the variance,
@@ -20,6 +23,10 @@ from torch import Tensor
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 # From this many elements on, channels-first tensors are reduced in two steps (see _reduce_channels).
 TWO_STEP_SUM_MIN_NUMEL = 1 << 20
+# Above this many elements, with more than one torch thread, torch's multi-threaded ops beat bnlab's
+# single-threaded compiled loops (at 2 threads: 1.28-1.62x torch's time at (128, 64, 32, 32) against 1.05x);
+# below it, one compiled call beats the per-op overhead of a dozen ops (1.5x instead of 1.9-2.4x at (60, 100)).
+COMPILED_MAX_NUMEL = 1 << 20
 
 
 def _reduce_dims(x: Tensor) -> tuple[int, ...]:
@@ -83,6 +90,41 @@ def _triton(x: Tensor):
     return triton_kernels if triton_kernels.supports(x) else None
 
 
+def _layout(x: Tensor) -> tuple[int, ...] | None:
+    """(N, C, S, stride N, stride C, stride S) of a dense x that bnlab's compiled loops read (channels-first
+    contiguous, (N, C), or 4-D channels-last), else None."""
+    n, c = x.shape[0], x.shape[1]
+    s = x.numel() // max(n * c, 1)
+    if x.is_contiguous():
+        return (n, c, s, c * s, s, 1) if x.dim() > 2 or c == 1 else (n, c, 1, c, 1, 1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return n, c, s, c * s, 1, c
+    return None
+
+
+def _compiled(x: Tensor, *others: Tensor | None):
+    """bnlab's compiled BatchNorm loops (csrc/batchnorm.cpp) and x's layout, if they take x: a non-empty
+    CPU float32 tensor in a layout they read, with float32 (C,) per-channel tensors; else None.
+    BNLAB_NATIVE=0 keeps this file's path, the reference they are tested against."""
+    if x.dtype != torch.float32 or not x.is_cpu or x.numel() == 0 or x.dim() not in (2, 3, 4):
+        return None
+    if x.numel() > COMPILED_MAX_NUMEL and torch.get_num_threads() > 1:
+        return None
+    if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()) for t in others):
+        return None
+    layout = _layout(x)
+    if layout is None:
+        return None
+    from bnlab import native
+
+    lib = native.library()
+    return (lib, layout) if lib is not None else None
+
+
+def _address(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """Normalize x with its own batch statistics.
 
@@ -91,6 +133,14 @@ def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     """
     if (kernels := _triton(x)) is not None:
         return kernels.forward(x, weight, bias, eps)
+    if (compiled := _compiled(x, weight, bias)) is not None:
+        lib, layout = compiled
+        y = torch.empty_like(x)
+        mean, var, invstd, scale = torch.empty(4, x.shape[1]).unbind()
+        weight, bias = (None if t is None else t.detach() for t in (weight, bias))
+        lib.bnlab_bn_forward(x.data_ptr(), *layout, _address(weight), _address(bias), float(eps), y.data_ptr(),
+                             mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr())
+        return y, mean, var, invstd, scale
     xc = _to(x, _compute_dtype(x))
     mean = _reduce_channels(xc, "mean")  # (C,)
     # Two passes (mean first, then squared deviations) keep the variance exact for inputs whose
@@ -113,6 +163,14 @@ def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: 
     """
     if (kernels := _triton(x)) is not None:
         return kernels.backward(dy, x, mean, invstd, scale, need_dx)
+    if dy.stride() == x.stride() and (compiled := _compiled(x, dy, mean, invstd, scale)) is not None:
+        lib, layout = compiled
+        dx = torch.empty_like(x) if need_dx else None
+        grad_weight, grad_bias = torch.empty(2, x.shape[1]).unbind()
+        lib.bnlab_bn_backward(dy.data_ptr(), x.data_ptr(), *layout, mean.data_ptr(), invstd.data_ptr(),
+                              scale.data_ptr(), int(need_dx), _address(dx), grad_weight.data_ptr(),
+                              grad_bias.data_ptr())
+        return dx, grad_weight, grad_bias
     dtype = _compute_dtype(x)
     dyc, xc = _to(dy, dtype), _to(x, dtype)
     count = x.numel() // x.shape[1]
