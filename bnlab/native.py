@@ -203,13 +203,13 @@ class StepStatistics:
         units, dims, copies = [], [], []
         for pre in pres:
             if pre.dim() <= 4:
-                units.append(pre.data_ptr() + unit * pre.stride(1) * pre.element_size())
-                unit_dims = [(pre.shape[0], pre.stride(0)), *zip(pre.shape[2:], pre.stride()[2:], strict=True)]
+                offset, unit_dims = _unit_view(pre.shape, pre.stride(), unit)
+                units.append(pre.data_ptr() + offset * 4)  # float32
             else:
                 copies.append(pre[:, unit].contiguous())
                 units.append(copies[-1].data_ptr())
-                unit_dims = [(copies[-1].numel(), 1)]
-            dims += unit_dims + [(1, 0)] * (3 - len(unit_dims))
+                unit_dims = [(copies[-1].numel(), 1), (1, 0), (1, 0)]
+            dims += unit_dims
         units = (ctypes.c_void_p * len(units))(*units)
         shapes = np.array([size for size, _ in dims], dtype=np.int64)
         strides = np.array([step for _, step in dims], dtype=np.int64)
@@ -251,6 +251,8 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two dense tensors whose elements lie in the same order in memory (element i of one matches the other's)."""
+    if a.is_contiguous() and b.is_contiguous() and a.shape == b.shape:  # the usual case, checked first
+        return a, b
     a, b = _dense(a), _dense(b)
     if a.shape != b.shape or a.stride() != b.stride():
         a, b = a.contiguous(), b.contiguous()
@@ -258,11 +260,19 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _addresses(tensors: list[torch.Tensor]):
-    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+    return (ctypes.c_void_p * len(tensors))(*map(torch.Tensor.data_ptr, tensors))
 
 
 def _sizes(tensors: list[torch.Tensor]):
-    return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+    return (ctypes.c_int64 * len(tensors))(*map(torch.Tensor.numel, tensors))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_view(shape: torch.Size, stride: tuple[int, ...], unit: int) -> tuple[int, list[tuple[int, int]]]:
+    """Where pre[:, unit] starts (in elements) in a tensor of this shape and strides, and its 3 (size, stride)
+    dims: the batch, then up to two positions, padded with (1, 0)."""
+    dims = [(shape[0], stride[0]), *zip(shape[2:], stride[2:], strict=True)]
+    return unit * stride[1], dims + [(1, 0)] * (3 - len(dims))
 
 
 # TensorBoard summaries (csrc/events.cpp): the serialized `Summary` protobuf of one step's records.

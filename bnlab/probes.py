@@ -267,7 +267,7 @@ def _versions(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 def _same_layouts(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and x.stride() == y.stride() and x.dtype == y.dtype
-                                    and x.device == y.device for x, y in zip(a, b, strict=True))
+                                    and x.get_device() == y.get_device() for x, y in zip(a, b, strict=True))
 
 
 def saturated_fractions(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> torch.Tensor:
