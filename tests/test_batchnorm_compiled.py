@@ -102,3 +102,34 @@ def test_dy_in_another_layout_than_x_is_still_right():
     expected = functional.backward_kernel(dy, x, mean, invstd, scale, True)
     for ours, reference in zip((dx, grad_weight, grad_bias), expected, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_both_directions_run_compiled_in_every_layout(monkeypatch):
+    """Counted at the library: a channels-last dy with x's strides takes the compiled backward too."""
+    calls = {"bnlab_bn_forward": 0, "bnlab_bn_backward": 0}
+    library = native.library()
+
+    class Counting:
+        def __getattr__(self, name):
+            calls[name] = calls.get(name, 0) + 1
+            return getattr(library, name)
+
+    monkeypatch.setattr(native, "library", Counting)
+    for shape, memory_format in LAYOUTS.values():
+        x, dy, weight, bias = _inputs(shape, memory_format)
+        _kernels(x, dy, weight, bias)
+    assert calls["bnlab_bn_forward"] == calls["bnlab_bn_backward"] == len(LAYOUTS)
+
+
+def test_statistics_are_float32_whatever_the_default_dtype():
+    x, dy, weight, bias = _inputs((16, 4, 3, 3), torch.channels_last)
+    expected = _kernels(x, dy, weight, bias)
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        ours = _kernels(x, dy, weight, bias)
+    finally:
+        torch.set_default_dtype(default)
+    for name, value in ours.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)

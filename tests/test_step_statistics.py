@@ -148,6 +148,12 @@ def test_without_histograms_or_layers_of_some_kind():
     assert stats.histograms is None and len(stats.values) == 2 * len(after)
 
 
+def test_an_empty_activation_gives_nan_statistics_not_a_crash():
+    empty = torch.empty(0, 3)
+    stats = native.StepStatistics([], [], [], [], [empty], [empty], 0, "relu", QS, HISTOGRAM_BINS, True).wait()
+    assert np.isnan(stats.values[:8]).all() and not stats.histograms[0, 5:5 + HISTOGRAM_BINS].any()
+
+
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="got 256"):
         native.StepStatistics([], [], [], [], [], [], 0, "relu", QS, 256, False)

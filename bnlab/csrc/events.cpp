@@ -29,10 +29,12 @@ uint8_t *raw(T value, uint8_t *out) {  // little-endian hosts only (x86, arm64):
     return out + sizeof value;
 }
 
-// A Value's tag field: key 0x0A (field 1, a string), then the tag's length and bytes.
-int64_t tag_size(int64_t length) { return 1 + varint_size(length) + length; }
+// A Value's tag field: key 0x0A (field 1, a string), then the tag's length and bytes; proto3 leaves out an
+// empty string.
+int64_t tag_size(int64_t length) { return length ? 1 + varint_size(length) + length : 0; }
 
 uint8_t *tag_field(const char *tag, int64_t length, uint8_t *out) {
+    if (length == 0) return out;
     *out++ = 0x0A;
     out = varint(length, out);
     std::memcpy(out, tag, length);

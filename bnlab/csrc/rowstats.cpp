@@ -204,7 +204,12 @@ void select_ranks(uint32_t *keys, int64_t n, const int64_t *ranks, int count, ui
         return;
     }
     const int shift = SHIFT[level];
-    int32_t counts[BUCKETS] = {};
+    // per level, kept by each thread and reused (on the stack they took ~200 KB: a thread's stack may be small)
+    static thread_local std::vector<int64_t> buffers[3];
+    std::vector<int64_t> &buffer = buffers[level];
+    buffer.assign(3 * BUCKETS, 0);
+    int64_t *counts = buffer.data(), *place = counts + BUCKETS, *next = place + BUCKETS;
+    std::fill(place, place + BUCKETS, -1);
     for (int64_t i = 0; i < n; ++i) ++counts[(keys[i] >> shift) & (BUCKETS - 1)];
     // each wanted rank's bucket, and where that bucket starts in sorted order
     int32_t bucket[MAX_RANKS];
@@ -216,12 +221,9 @@ void select_ranks(uint32_t *keys, int64_t n, const int64_t *ranks, int count, ui
         bucket[j] = b, begin[j] = below;
     }
     // gather the wanted buckets into spare, each contiguous, in bucket order
-    int32_t place[BUCKETS];
-    std::fill(place, place + BUCKETS, -1);
     int64_t gathered = 0;
     for (int j = 0; j < count; ++j)
-        if (j == 0 || bucket[j] != bucket[j - 1]) place[bucket[j]] = int32_t(gathered), gathered += counts[bucket[j]];
-    int64_t next[BUCKETS];  // (only the wanted buckets' entries are read)
+        if (j == 0 || bucket[j] != bucket[j - 1]) place[bucket[j]] = gathered, gathered += counts[bucket[j]];
     for (int j = 0; j < count; ++j) next[bucket[j]] = place[bucket[j]];
     for (int64_t i = 0; i < n; ++i) {
         uint32_t d = (keys[i] >> shift) & (BUCKETS - 1);
@@ -243,6 +245,10 @@ void select_ranks(uint32_t *keys, int64_t n, const int64_t *ranks, int count, ui
 // most MAX_RANKS / 2): numpy's arithmetic (position q * (n - 1), then its _lerp from the nearer end), on
 // the two order statistics around each position, so the result is numpy's.
 void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, int count, double *out) {
+    if (n == 0) {  // no values: no order statistics (numpy raises; a measurement reports NaN)
+        std::fill(out, out + count, NAN);
+        return;
+    }
     int64_t lower[MAX_RANKS / 2], ranks[MAX_RANKS];
     for (int j = 0; j < count; ++j) {
         lower[j] = int64_t(std::floor(qs[j] * double(n - 1)));

@@ -104,7 +104,7 @@ def _layout(x: Tensor) -> tuple[int, ...] | None:
 
 def _compiled(x: Tensor, *others: Tensor | None):
     """bnlab's compiled BatchNorm loops (csrc/batchnorm.cpp) and x's layout, if they take x: a non-empty
-    CPU float32 tensor in a layout they read, with float32 (C,) per-channel tensors; else None.
+    CPU float32 tensor in a layout they read, with contiguous float32 (C,) per-channel tensors `others`; else None.
     BNLAB_NATIVE=0 keeps this file's path, the reference they are tested against."""
     if x.dtype != torch.float32 or not x.is_cpu or x.numel() == 0 or x.dim() not in (2, 3, 4):
         return None
@@ -136,7 +136,7 @@ def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     if (compiled := _compiled(x, weight, bias)) is not None:
         lib, layout = compiled
         y = torch.empty_like(x)
-        mean, var, invstd, scale = torch.empty(4, x.shape[1]).unbind()
+        mean, var, invstd, scale = torch.empty(4, x.shape[1], dtype=torch.float32).unbind()
         weight, bias = (None if t is None else t.detach() for t in (weight, bias))
         lib.bnlab_bn_forward(x.data_ptr(), *layout, _address(weight), _address(bias), float(eps), y.data_ptr(),
                              mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr())
@@ -163,10 +163,11 @@ def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: 
     """
     if (kernels := _triton(x)) is not None:
         return kernels.backward(dy, x, mean, invstd, scale, need_dx)
-    if dy.stride() == x.stride() and (compiled := _compiled(x, dy, mean, invstd, scale)) is not None:
+    same_layout = dy.stride() == x.stride() and dy.dtype == torch.float32 and dy.is_cpu  # (any dense layout)
+    if same_layout and (compiled := _compiled(x, mean, invstd, scale)) is not None:
         lib, layout = compiled
         dx = torch.empty_like(x) if need_dx else None
-        grad_weight, grad_bias = torch.empty(2, x.shape[1]).unbind()
+        grad_weight, grad_bias = torch.empty(2, x.shape[1], dtype=torch.float32).unbind()
         lib.bnlab_bn_backward(dy.data_ptr(), x.data_ptr(), *layout, mean.data_ptr(), invstd.data_ptr(),
                               scale.data_ptr(), int(need_dx), _address(dx), grad_weight.data_ptr(),
                               grad_bias.data_ptr())
