@@ -63,10 +63,27 @@ Sums sums(const float *x, int64_t n) {
     return s;
 }
 
+// The population std of a row about its mean (the second of two passes).
+double population_std(const float *x, int64_t n, double mean) {
+    return std::sqrt(lane_sum(n, [x, mean](int64_t i) { return (x[i] - mean) * (x[i] - mean); }) / n);
+}
+
 // The fraction of a row's units where flat(pre, post) holds.
 template <typename Flat>
 double fraction(const float *x, const float *y, int64_t n, Flat flat) {
     return lane_sum(n, [=](int64_t i) { return double(flat(x[i], y[i])); }) / double(n);
+}
+
+// The fraction of a row's units in the flat part of its nonlinearity (bnlab.probes.saturated_mask): kind 1
+// sigmoid, 2 tanh, 3 relu, 4 gelu, anything else never. Thresholds are float32, as torch compares a float32 tensor.
+double saturated_fraction(int kind, const float *x, const float *y, int64_t n) {
+    switch (kind) {
+        case 1: return fraction(x, y, n, [](float, float v) { return (v < 0.01f) | (v > 0.99f); });
+        case 2: return fraction(x, y, n, [](float, float v) { return std::fabs(v) > 0.99f; });
+        case 3: return fraction(x, y, n, [](float, float v) { return v == 0.0f; });
+        case 4: return fraction(x, y, n, [](float u, float) { return u < -3.0f; });
+        default: return 0.0;
+    }
 }
 
 // The counts of x's n values in `bins` bins between numpy's float64 edges first..last (see
@@ -115,9 +132,7 @@ void bnlab_moments(int64_t count, const float *const *rows, const int64_t *sizes
         double mean = s.sum / n;
         double *o = out + 6 * r;
         o[0] = s.sum, o[1] = s.squares, o[2] = s.low, o[3] = s.high, o[4] = mean;
-        const float *x = rows[r];
-        auto square = [x, mean](int64_t i) { return (x[i] - mean) * (x[i] - mean); };
-        o[5] = centered ? std::sqrt(lane_sum(n, square) / n) : 0.0;
+        o[5] = centered ? population_std(rows[r], n, mean) : 0.0;
     }
 }
 
@@ -146,21 +161,10 @@ void bnlab_histograms(int64_t count, const float *const *rows, const int64_t *si
                   counts + r * bins);
 }
 
-// Fraction of units in the flat part of the nonlinearity (bnlab.probes.saturated_mask): kind 1 sigmoid,
-// 2 tanh, 3 relu, 4 gelu, anything else never. Thresholds are float32, as torch compares a float32 tensor.
+// saturated_fraction of each row.
 void bnlab_saturated(int64_t count, const float *const *pre, const float *const *post, const int64_t *sizes,
                      int kind, double *out) {
-    for (int64_t r = 0; r < count; ++r) {
-        const float *x = pre[r], *y = post[r];
-        int64_t n = sizes[r];
-        switch (kind) {
-            case 1: out[r] = fraction(x, y, n, [](float, float v) { return (v < 0.01f) | (v > 0.99f); }); break;
-            case 2: out[r] = fraction(x, y, n, [](float, float v) { return std::fabs(v) > 0.99f; }); break;
-            case 3: out[r] = fraction(x, y, n, [](float, float v) { return v == 0.0f; }); break;
-            case 4: out[r] = fraction(x, y, n, [](float u, float) { return u < -3.0f; }); break;
-            default: out[r] = 0.0;
-        }
-    }
+    for (int64_t r = 0; r < count; ++r) out[r] = saturated_fraction(kind, pre[r], post[r], sizes[r]);
 }
 
 }  // extern "C"
@@ -267,16 +271,6 @@ void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, i
     }
 }
 
-double saturated_fraction(int kind, const float *x, const float *y, int64_t n) {
-    switch (kind) {
-        case 1: return fraction(x, y, n, [](float, float v) { return (v < 0.01f) | (v > 0.99f); });
-        case 2: return fraction(x, y, n, [](float, float v) { return std::fabs(v) > 0.99f; });
-        case 3: return fraction(x, y, n, [](float, float v) { return v == 0.0f; });
-        case 4: return fraction(x, y, n, [](float u, float) { return u < -3.0f; });
-        default: return 0.0;
-    }
-}
-
 }  // namespace
 
 extern "C" {
@@ -344,7 +338,7 @@ void bnlab_step(const Step *s) {
         Sums m = sums(x, n);
         double mean = m.sum / n;
         v[i] = mean;  // preact/mean
-        v[A + i] = std::sqrt(lane_sum(n, [x, mean](int64_t j) { return (x[j] - mean) * (x[j] - mean); }) / n);
+        v[A + i] = population_std(x, n, mean);
         keys.resize(std::max<size_t>(keys.size(), n)), spare.resize(keys.size());
         for (int64_t j = 0; j < n; ++j) keys[j] = sort_key(x[j]);
         percentiles(keys.data(), spare.data(), n, s->qs, int(Q), q.data());
@@ -362,8 +356,7 @@ void bnlab_step(const Step *s) {
         Sums p = sums(y, n);
         double post_mean = p.sum / n;
         v[(2 + 2 * Q) * A + i] = post_mean;
-        v[(3 + 2 * Q) * A + i] =
-            std::sqrt(lane_sum(n, [y, post_mean](int64_t j) { return (y[j] - post_mean) * (y[j] - post_mean); }) / n);
+        v[(3 + 2 * Q) * A + i] = population_std(y, n, post_mean);
         v[(4 + 2 * Q) * A + i] = saturated_fraction(s->kind, x, y, n);
         if (s->bins) histogram_row(x, n, m, s->histograms + i * row);
     }
