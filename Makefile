@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 # The slow tests (non-editable install, full-size checks); CI runs them too.
 test-slow: $(STAMP)

@@ -25,6 +25,16 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def _terminal() -> None:
+    """A laboratory for the claim that Batch Normalization overcomes vanishing gradients."""
+    # each invocation reads the terminal's width as it is now (an app invoked twice in one process, as tests do)
+    global console, errors
+    console, errors = Console(), Console(stderr=True)
+
+
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -59,8 +69,8 @@ def train(ctx: typer.Context) -> None:
     """
 
     def action() -> int:
-        from bnlab.display import print_run_result, print_sweep
-        from bnlab.launch import plan, run_hydra
+        from bnlab.config.launch import plan, run_hydra
+        from bnlab.console import print_run_result, print_sweep
 
         launch = plan(ctx.args)
         results = run_hydra(launch)
@@ -81,7 +91,7 @@ def show_config(ctx: typer.Context) -> None:
         from omegaconf import OmegaConf
         from rich.syntax import Syntax
 
-        from bnlab.launch import compose_config
+        from bnlab.config.launch import compose_config
 
         cfg = compose_config(list(ctx.args))
         console.print(Syntax(OmegaConf.to_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
@@ -104,7 +114,7 @@ def report(
     """
 
     def action() -> None:
-        from bnlab.report import build_report, headline, rich_tables
+        from bnlab.analysis.report import build_report, headline, rich_tables
 
         result = build_report(paths, out=out, layer=layer)
         console.print(headline(result), highlight=False)
@@ -144,17 +154,17 @@ def reproduce(
         from bnlab.errors import ConfigError
 
         if list_:
-            from bnlab.reproduce import list_table
+            from bnlab.experiments.reproduce import list_table
 
             console.print(list_table())
             return 0
         if name is None:
-            from bnlab.experiments import EXPERIMENTS
+            from bnlab.experiments.catalog import EXPERIMENTS
 
             raise ConfigError(f"name an experiment: bnlab reproduce NAME, one of {', '.join(EXPERIMENTS)} "
                               "(bnlab reproduce --list describes them)")
-        from bnlab.reproduce import reproduce as run_experiment
-        from bnlab.reproduce import rich_table
+        from bnlab.experiments.reproduce import reproduce as run_experiment
+        from bnlab.experiments.reproduce import rich_table
 
         result = run_experiment(name, list(ctx.args), quick=quick, out=out)
         console.print(rich_table(result))
@@ -177,7 +187,7 @@ def runs(
     """List the runs under ROOT (default: runs/), newest first: when, what, status, steps, final metrics."""
 
     def action() -> None:
-        from bnlab.runs import list_runs, runs_table
+        from bnlab.analysis.runs import list_runs, runs_table
 
         console.print(runs_table(list_runs(root), root))
 
@@ -194,8 +204,8 @@ def tb(
     """Start TensorBoard on ROOT (default: runs/) and wait; Ctrl-C stops it."""
 
     def action() -> int:
+        from bnlab.analysis.tensorboard import start_tensorboard, stop
         from bnlab.errors import BnlabError
-        from bnlab.tb import start_tensorboard, stop
 
         server = start_tensorboard(root, port=port, host=host)
         try:  # from here on, Ctrl-C is the normal way out
@@ -222,8 +232,8 @@ def bench(
     """Measure the performance targets; each figure is a ratio measured side by side in this process."""
 
     def action() -> int:
-        from bnlab.bench import BENCHES, machine
-        from bnlab.display import print_bench
+        from bnlab.bench.targets import BENCHES, machine
+        from bnlab.console import print_bench
         from bnlab.errors import ConfigError
 
         chosen = list(BENCHES) if which == "all" else [which]

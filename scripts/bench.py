@@ -8,8 +8,8 @@ import argparse
 
 from rich.console import Console
 
-from bnlab.bench import BENCHES, machine
-from bnlab.display import print_bench
+from bnlab.bench.targets import BENCHES, machine
+from bnlab.console import print_bench
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from bnlab.bench_bn import TARGET_GEOMEAN, TARGET_PEAK_RATIO, TARGET_WORST, bench_bn
+from bnlab.bench.batchnorm import TARGET_GEOMEAN, TARGET_PEAK_RATIO, TARGET_WORST, bench_bn
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from bnlab.bench import interleaved, machine
-from bnlab.launch import compose_config
-from bnlab.models import build_model
+from bnlab.bench.targets import interleaved, machine
+from bnlab.config.launch import compose_config
+from bnlab.models.nets import build_model
 
 
 def step_function(channels_last: bool):

@@ -4,7 +4,7 @@ Usage: .venv/bin/python scripts/tb_snapshot.py RUNS_DIR [--out docs/images] [--w
                                                 [--views images custom_scalars hparams] [--image-filter REGEX]
                                                 [--scale 1]
 
-Starts TensorBoard on RUNS_DIR at a free port on 127.0.0.1 (bnlab.tb), opens each view
+Starts TensorBoard on RUNS_DIR at a free port on 127.0.0.1 (bnlab.analysis.tensorboard), opens each view
 in headless Chromium (Debian's `chromium` package), writes tensorboard_<view>.png to
 --out, and stops TensorBoard. Exit code 2 when Chromium is not installed.
 """
@@ -19,8 +19,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+from bnlab.analysis.tensorboard import start_tensorboard, stop
 from bnlab.errors import BnlabError
-from bnlab.tb import start_tensorboard, stop
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Quiet, reproducible headless Chromium: no sandbox (root in a container), no GPU, no background traffic.

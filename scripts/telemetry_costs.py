@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnlab import images, probes, telemetry, writer
-from bnlab.bench import _trainer
+from bnlab.bench.targets import _trainer
+from bnlab.telemetry import images, probes, writer
+from bnlab.telemetry import recorder as telemetry
 
 CALLS = [(telemetry.Telemetry, "start"), (telemetry.Telemetry, "finish"), (telemetry.Telemetry, "close"),
          (telemetry.Telemetry, "_flush"), (telemetry.Telemetry, "_write"), (probes.Probes, "start"),

@@ -22,14 +22,14 @@ def run_bnlab(*args: str, cwd: Path | None = None, timeout: float = 180, env: di
 
 
 def compose(*overrides: str):
-    from bnlab.launch import compose_config
+    from bnlab.config.launch import compose_config
 
     return compose_config(list(overrides))
 
 
 def train_in_process(run_dir: Path, *overrides: str):
     """Compose the real config and train in this process (faster than a subprocess)."""
-    from bnlab.run import train
+    from bnlab.train.loop import train
 
     cfg = compose(*overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def tiny():
 def path(request, monkeypatch):
     """Run a test on bnlab's compiled loops ("native": fails if they cannot be built, as this project's
     machines have a C++ compiler) and on the pure-Python path ("torch", BNLAB_NATIVE=0)."""
-    from bnlab import native
+    from bnlab.telemetry import native
 
     if request.param == "torch":
         monkeypatch.setenv("BNLAB_NATIVE", "0")

@@ -29,15 +29,15 @@ def test_pip_install_dot_into_a_fresh_venv_runs_bnlab_train(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stdout + build.stderr
 
-    where = subprocess.run([python, "-c", "import bnlab, bnlab.train_app as t; print(bnlab.__file__); "
+    where = subprocess.run([python, "-c", "import bnlab, bnlab.config.app as t; print(bnlab.__file__); "
                             "print(t.CONFIG_DIR)"], capture_output=True, text=True, cwd=tmp_path, check=True)
     module_file, config_dir = where.stdout.split()
     assert module_file.startswith(site) and config_dir.startswith(site)  # the installed copy, not the repo
     assert (Path(config_dir) / "train.yaml").is_file() and (Path(config_dir) / "hydra/job_logging/bnlab.yaml").is_file()
-    assert (Path(module_file).parent / "datasets" / "digits.csv.gz").is_file()
+    assert (Path(module_file).parent / "data" / "digits.csv.gz").is_file()
     # the compiled statistics' source ships too, and builds from the installed copy (into a fresh cache)
     cache = {**os.environ, "BNLAB_CACHE_DIR": str(tmp_path / "cache")}
-    built = subprocess.run([python, "-c", "from bnlab import native; print(native.library()._name)"],
+    built = subprocess.run([python, "-c", "from bnlab.telemetry import native; print(native.library()._name)"],
                            capture_output=True, text=True, cwd=tmp_path, env=cache)
     assert built.returncode == 0 and built.stdout.startswith(str(tmp_path / "cache")), built.stdout + built.stderr
 

@@ -9,7 +9,45 @@ so either layer loads the other's state dict and torch's layer serves as the tes
 import torch
 from torch import Tensor, nn
 
-from bnlab.nn import functional
+from bnlab.nn import functional, kernels
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch-statistics BatchNorm with a hand-written backward.
+
+    Saves only x plus per-channel tensors (mean, invstd, weight * invstd), no full-size x_hat.
+    Outputs (y, mean, var); mean and var are (C,) and non-differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, var, invstd, scale = kernels.forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, invstd, scale)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # mean and var never get gradients; skip zero-filling them
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _grad_mean, _grad_var):
+        if dy is None:  # only mean/var were used downstream
+            return None, None, None, None
+        x, weight, mean, invstd, scale = ctx.saved_tensors
+        need_dx, need_weight, need_bias, _ = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: build a differentiable graph
+            dx, grad_weight, grad_bias = functional.backward_reference(dy, x, weight, ctx.eps)
+        else:
+            dx, grad_weight, grad_bias = kernels.backward(dy, x, mean, invstd, scale, need_dx)
+        # Autograd casts each gradient to its input's dtype (float32 statistics, bf16 parameters).
+        return dx, grad_weight if need_weight else None, grad_bias if need_bias else None, None
+
+
+def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """Normalize with batch statistics. Returns (y, mean, var): mean/var biased, shape (C,)."""
+    if x.numel() == 0:  # an empty batch has no statistics; torch returns an empty output
+        return functional.empty_output(x, weight, bias), None, None
+    return BatchNormFunction.apply(x, weight, bias, eps)
+
 
 
 class _NormBase(nn.Module):
@@ -98,7 +136,7 @@ class _BatchNorm(_NormBase):
         if not use_batch_stats:
             return functional.batch_norm_eval(input, self.running_mean, self.running_var,
                                               self.weight, self.bias, self.eps)
-        output, mean, var = functional.batch_norm_train(input, self.weight, self.bias, self.eps)
+        output, mean, var = batch_norm_train(input, self.weight, self.bias, self.eps)
         if mean is not None:  # None for an empty batch, which leaves all statistics as they were
             if self.training and self.track_running_stats:
                 count = input.numel() // input.shape[1]

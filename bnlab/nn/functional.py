@@ -1,11 +1,9 @@
-"""The BatchNorm arithmetic: batch statistics, the train/eval kernels and the autograd Function.
+"""The BatchNorm arithmetic in plain PyTorch: batch statistics, the train/eval kernels, running statistics.
 
 Everything is plain PyTorch tensor arithmetic; no aten batch-norm kernel (F.batch_norm,
-torch.native_batch_norm, cudnn, ...) is called. On a CUDA tensor, forward_kernel and backward_kernel
-hand over to the Triton kernels of triton_kernels.py where Triton is installed (BNLAB_TRITON=0 keeps
-this file's path, which stays the reference they are tested against); on a CPU float32 tensor, to
-bnlab's compiled loops (csrc/batchnorm.cpp: one call a direction instead of a dozen ops) below
-COMPILED_MAX_NUMEL elements or with one torch thread (BNLAB_NATIVE=0 keeps this file's path).
+torch.native_batch_norm, cudnn, ...) is called. This is the readable reference: the fast paths in
+`bnlab.nn.kernels` (Triton on CUDA, compiled C++ loops for CPU float32) compute the same
+forward_kernel and backward_kernel and are tested against these.
 Shapes: x is (N, C, *) in any memory format; per-channel tensors are (C,) and get viewed as
 (C, 1, ...) where they broadcast against x.
 
@@ -23,10 +21,6 @@ from torch import Tensor
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 # From this many elements on, channels-first tensors are reduced in two steps (see _reduce_channels).
 TWO_STEP_SUM_MIN_NUMEL = 1 << 20
-# Above this many elements, with more than one torch thread, torch's multi-threaded ops beat bnlab's
-# single-threaded compiled loops (at 2 threads: 1.28-1.62x torch's time at (128, 64, 32, 32) against 1.05x);
-# below it, one compiled call beats the per-op overhead of a dozen ops (1.5x instead of 1.9-2.4x at (60, 100)).
-COMPILED_MAX_NUMEL = 1 << 20
 
 
 def _reduce_dims(x: Tensor) -> tuple[int, ...]:
@@ -81,66 +75,12 @@ def _scale_shift(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None,
     return scale, shift
 
 
-def _triton(x: Tensor):
-    """The Triton kernels module if it takes x (a CUDA tensor, Triton installed), else None."""
-    if not x.is_cuda:
-        return None
-    from bnlab.nn import triton_kernels  # imported on first CUDA use only: CPU runs never load Triton
-
-    return triton_kernels if triton_kernels.supports(x) else None
-
-
-def _layout(x: Tensor) -> tuple[int, ...] | None:
-    """(N, C, S, stride N, stride C, stride S) of a dense x that bnlab's compiled loops read (channels-first
-    contiguous, (N, C), or 4-D channels-last), else None."""
-    n, c = x.shape[0], x.shape[1]
-    s = x.numel() // max(n * c, 1)
-    if x.is_contiguous():
-        return (n, c, s, c * s, s, 1) if x.dim() > 2 or c == 1 else (n, c, 1, c, 1, 1)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return n, c, s, c * s, 1, c
-    return None
-
-
-def _compiled(x: Tensor, *others: Tensor | None):
-    """bnlab's compiled BatchNorm loops (csrc/batchnorm.cpp) and x's layout, if they take x: a non-empty
-    CPU float32 tensor in a layout they read, with contiguous float32 (C,) per-channel tensors `others`; else None.
-    BNLAB_NATIVE=0 keeps this file's path, the reference they are tested against."""
-    if x.dtype != torch.float32 or not x.is_cpu or x.numel() == 0 or x.dim() not in (2, 3, 4):
-        return None
-    if x.numel() > COMPILED_MAX_NUMEL and torch.get_num_threads() > 1:
-        return None
-    if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()) for t in others):
-        return None
-    layout = _layout(x)
-    if layout is None:
-        return None
-    from bnlab import native
-
-    lib = native.library()
-    return (lib, layout) if lib is not None else None
-
-
-def _address(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def forward_kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """Normalize x with its own batch statistics.
 
     Returns (y, mean, var, invstd, scale), each but y (C,) in the compute dtype; var is biased
     and scale = weight * invstd.
     """
-    if (kernels := _triton(x)) is not None:
-        return kernels.forward(x, weight, bias, eps)
-    if (compiled := _compiled(x, weight, bias)) is not None:
-        lib, layout = compiled
-        y = torch.empty_like(x)
-        mean, var, invstd, scale = torch.empty(4, x.shape[1], dtype=torch.float32).unbind()
-        weight, bias = (None if t is None else t.detach() for t in (weight, bias))
-        lib.bnlab_bn_forward(x.data_ptr(), *layout, _address(weight), _address(bias), float(eps), y.data_ptr(),
-                             mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr())
-        return y, mean, var, invstd, scale
     xc = _to(x, _compute_dtype(x))
     mean = _reduce_channels(xc, "mean")  # (C,)
     # Two passes (mean first, then squared deviations) keep the variance exact for inputs whose
@@ -161,17 +101,6 @@ def backward_kernel(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, scale: 
     regrouped into per-channel coefficients as dx = dy * scale + x * b + c so that the
     full-size work is two fused multiply-adds into one buffer.
     """
-    if (kernels := _triton(x)) is not None:
-        return kernels.backward(dy, x, mean, invstd, scale, need_dx)
-    same_layout = dy.stride() == x.stride() and dy.dtype == torch.float32 and dy.is_cpu  # (any dense layout)
-    if same_layout and (compiled := _compiled(x, mean, invstd, scale)) is not None:
-        lib, layout = compiled
-        dx = torch.empty_like(x) if need_dx else None
-        grad_weight, grad_bias = torch.empty(2, x.shape[1], dtype=torch.float32).unbind()
-        lib.bnlab_bn_backward(dy.data_ptr(), x.data_ptr(), *layout, mean.data_ptr(), invstd.data_ptr(),
-                              scale.data_ptr(), int(need_dx), _address(dx), grad_weight.data_ptr(),
-                              grad_bias.data_ptr())
-        return dx, grad_weight, grad_bias
     dtype = _compute_dtype(x)
     dyc, xc = _to(dy, dtype), _to(x, dtype)
     count = x.numel() // x.shape[1]
@@ -211,43 +140,6 @@ def backward_reference(dy: Tensor, x: Tensor, weight: Tensor | None, eps: float)
     return dx, grad_weight.view(-1), grad_bias.view(-1)
 
 
-class BatchNormFunction(torch.autograd.Function):
-    """Batch-statistics BatchNorm with a hand-written backward.
-
-    Saves only x plus per-channel tensors (mean, invstd, weight * invstd), no full-size x_hat.
-    Outputs (y, mean, var); mean and var are (C,) and non-differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, var, invstd, scale = forward_kernel(x, weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, invstd, scale)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)  # mean and var never get gradients; skip zero-filling them
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, dy, _grad_mean, _grad_var):
-        if dy is None:  # only mean/var were used downstream
-            return None, None, None, None
-        x, weight, mean, invstd, scale = ctx.saved_tensors
-        need_dx, need_weight, need_bias, _ = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # create_graph=True: build a differentiable graph
-            dx, grad_weight, grad_bias = backward_reference(dy, x, weight, ctx.eps)
-        else:
-            dx, grad_weight, grad_bias = backward_kernel(dy, x, mean, invstd, scale, need_dx)
-        # Autograd casts each gradient to its input's dtype (float32 statistics, bf16 parameters).
-        return dx, grad_weight if need_weight else None, grad_bias if need_bias else None, None
-
-
-def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-    """Normalize with batch statistics. Returns (y, mean, var): mean/var biased, shape (C,)."""
-    if x.numel() == 0:  # an empty batch has no statistics; torch returns an empty output
-        return _empty_output(x, weight, bias), None, None
-    return BatchNormFunction.apply(x, weight, bias, eps)
-
-
 def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float) -> Tensor:
     """Normalize with the running statistics: one multiply-add per element, autograd does the rest."""
     invstd = torch.rsqrt(_to(running_var, _compute_dtype(x)) + eps)
@@ -265,7 +157,7 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor
     running_var.mul_(1 - factor).add_(var, alpha=factor * count / (count - 1))
 
 
-def _empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+def empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """An empty y still wired to weight and bias so that their gradients come out as zeros."""
     y = x.clone()
     if weight is not None:

@@ -1,6 +1,7 @@
 """One name per normalization arm, so configs pick a layer by string: "none", "bnlab" or "torch".
 
-"torch" is the reference arm (torch's own kernel); "bnlab" is the layer under study.
+"torch" is the reference arm (torch's own kernel); "bnlab" is the layer under study. A bad name or dim
+raises ValueError listing what is valid (bnlab.nn imports nothing else of bnlab; callers map it).
 """
 
 import difflib
@@ -8,7 +9,6 @@ from collections.abc import Callable
 
 from torch import nn
 
-from bnlab.errors import ConfigError
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d
 
 # name -> {dim -> layer class}; dim=1 normalizes (N, C) or (N, C, L), dim=2 normalizes (N, C, H, W).
@@ -24,9 +24,9 @@ def create_norm(name: str, num_features: int, *, dim: int = 1, **kwargs) -> nn.M
     if name not in NORMS:
         close = difflib.get_close_matches(str(name), NORMS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown norm {name!r}; valid names are {', '.join(sorted(NORMS))}{hint}")
+        raise ValueError(f"unknown norm {name!r}; valid names are {', '.join(sorted(NORMS))}{hint}")
     if dim not in NORMS[name]:
-        raise ConfigError(f"norm dim must be 1 (BatchNorm1d: (N, C) or (N, C, L)) or 2 "
+        raise ValueError(f"norm dim must be 1 (BatchNorm1d: (N, C) or (N, C, L)) or 2 "
                           f"(BatchNorm2d: (N, C, H, W)), got dim={dim!r}")
     if name == "none":
         return nn.Identity()

@@ -1,0 +1,1 @@
+"""The performance targets, measured side by side in one process (`bnlab bench`); never imported by training."""

@@ -1,0 +1,66 @@
+"""Hydra's entry point for one training job: `bnlab train` hands its arguments here.
+
+Because this is a real `@hydra.main`, everything Hydra users know works unchanged:
+overrides, `-m` sweeps, launchers and sweepers, `hydra.run.dir=...`, `--cfg job`.
+Each job returns normally whatever happens to its run (so a sweep goes on); the
+outcome is kept in `RESULTS` for the CLI of the same process, and in summary.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import secrets
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from bnlab.config.schema import register_schema, validate
+from bnlab.errors import BnlabError
+
+CONFIG_DIR = importlib.util.find_spec("bnlab.conf").submodule_search_locations[0]
+RESULTS: list = []  # RunResult of each job run in this process, or the BnlabError that kept it from running
+
+register_schema()
+# A short random token in directory names keeps runs started in the same second apart.
+OmegaConf.register_new_resolver("bnlab_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
+
+
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """Hydra's override_dirname made safe as one path component: no '/', and at most `limit` characters."""
+    name = overrides.replace("/", "_").replace(" ", "") or "defaults"
+    if len(name) > limit:
+        name = name[:limit - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+OmegaConf.register_new_resolver("bnlab_dirname", job_dirname, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg) -> str:
+    from bnlab.telemetry.images import ImageLog
+    from bnlab.train.loop import train
+    from bnlab.train.progress import RichProgress
+
+    validate(cfg)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+    single = hydra_cfg.mode == RunMode.RUN
+    label = "train" if single else f"job {hydra_cfg.job.num}"
+    progress = RichProgress(label) if single or hydra_cfg.launcher.get("_target_", "").endswith("BasicLauncher") \
+        else None
+    images = ImageLog(cfg) if cfg.log.enabled and cfg.log.images else None
+    try:
+        result = train(cfg, run_dir, overrides, progress=progress, images=images)
+    except BnlabError as error:  # e.g. the directory belongs to another run: nothing was started
+        RESULTS.append(error)
+        return "failed"
+    RESULTS.append(result)
+    if result.status == "interrupted":
+        raise KeyboardInterrupt  # the user asked to stop: end the whole sweep, not just this job
+    return result.status

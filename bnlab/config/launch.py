@@ -1,0 +1,186 @@
+"""From `bnlab train` arguments to Hydra jobs: check first, then hand over to `@hydra.main`.
+
+Before any work, every point of a sweep is composed with Hydra's Compose API and
+validated, so a bad override stops with one clear ConfigError (exit code 2) rather
+than a traceback halfway through a sweep. `resume=DIR` is expanded into the
+overrides recorded in DIR, so the resumed run recomposes exactly the same config.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from bnlab.errors import BnlabError, ConfigError
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# Flags that make Hydra print something instead of running: pass them straight through.
+INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--help", "-h", "--shell-completion", "-sc",
+                 "--resolve", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd",
+                 "--config-path", "-cp", "--experimental-rerun")
+
+
+@dataclass
+class Launch:
+    args: list[str]  # what Hydra gets
+    multirun: bool
+    sweep_dir: Path | None
+    inspect_only: bool
+
+
+def plan(args: list[str]) -> Launch:
+    """Expand resume, validate every sweep point, and fix the sweep directory in advance."""
+    args = list(args)
+    overrides = [a for a in args if not a.startswith("-")]
+    flags = [a for a in args if a.startswith("-")]
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if resume:
+        args, overrides, flags = _resume_args(resume[-1].split("=", 1)[1], overrides, flags)
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    inspect_only = any(flag.split("=")[0] in INSPECT_FLAGS for flag in flags)
+    sweep_dir = None
+    if not inspect_only:
+        check_overrides(overrides)
+        if multirun:
+            given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
+            if given:
+                sweep_dir = Path(given[-1].split("=", 1)[1])
+            else:
+                sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+                args.append(f"hydra.sweep.dir={sweep_dir}")
+    return Launch(args, multirun, sweep_dir, inspect_only)
+
+
+def run_hydra(launch: Launch) -> list:
+    """Run the Hydra app with `launch.args` as its command line; return this process's RunResults."""
+    from bnlab.config import app as train_app
+
+    train_app.RESULTS.clear()
+    saved = sys.argv
+    sys.argv = ["bnlab train", *launch.args]
+    try:
+        train_app.main()
+    finally:
+        sys.argv = saved
+    errors = [r for r in train_app.RESULTS if isinstance(r, BnlabError)]
+    if errors and not launch.multirun:
+        raise errors[0]
+    return [r for r in train_app.RESULTS if not isinstance(r, BnlabError)]
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose and validate the config at every value of every sweep axis.
+
+    The axes are the command line's and those an experiment config defines in `hydra.sweeper.params`
+    (e.g. `experiment=vanishing`), except where the command line gives the same key: it takes precedence,
+    as in Hydra's basic sweeper.
+    """
+    parsed = _parse(overrides)
+    base = []
+    axes = []
+    for text, override in zip(overrides, parsed, strict=True):
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            base.append(f"{override.get_key_element()}={values[0]}")
+            axes.append((len(base) - 1, override.get_key_element(), values[1:]))
+        else:
+            base.append(text)
+    cfg = compose_config(base, return_hydra_config=True)
+    given = {override.get_key_element() for override in parsed}
+    for key, override in _sweeper_params(cfg).items():
+        if key not in given:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()]
+            axes.append((len(base), key, values))
+    for index, key, values in axes:
+        for value in values:
+            compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:])
+
+
+def _parse(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's grammar errors
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(error)}") from error
+
+
+def _sweeper_params(cfg) -> dict:
+    """{key: parsed override} of the sweep axes the composed config defines in hydra.sweeper.params."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not params:
+        return {}
+    texts = [f"{key}={value}" for key, value in OmegaConf.to_container(params, resolve=False).items()]
+    return {override.get_key_element(): override for override in _parse(texts)}
+
+
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
+    """The validated config for `overrides` (ConfigError with a clear message if anything is off).
+
+    With `return_hydra_config`, the config keeps its `hydra` node (sweeper, launcher, directories).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bnlab.config.app import CONFIG_DIR
+    from bnlab.config.overrides import explain_compose_error
+    from bnlab.config.schema import validate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise explain_compose_error(error, overrides, CONFIG_DIR) from error
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+    from bnlab.data.datasets import check_available
+    from bnlab.train.loop import resolve_device
+
+    resolve_device(cfg.train.device)
+    check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+    return cfg
+
+
+def _resume_args(target: str, overrides: list[str], flags: list[str]):
+    """The recorded command line of a run or sweep directory, set to continue in that directory."""
+    path = Path(target)
+    extra = [o for o in overrides if not o.startswith("resume=")]
+    if extra:
+        raise ConfigError(f"resume={target} continues a run with its recorded config; drop the other overrides "
+                          f"({' '.join(extra)}) or start a new run")
+    if (path / "multirun.yaml").is_file():
+        recorded = _read_yaml(path / "multirun.yaml")
+        task = [o for o in recorded["hydra"]["overrides"]["task"] if not o.startswith(("resume=", "hydra.sweep.dir="))]
+        task += [f"hydra.sweep.dir={path}", f"resume={path}"]
+        return ["-m", *task], task, ["-m"]
+    if (path / ".hydra" / "overrides.yaml").is_file():
+        recorded = _read_yaml(path / ".hydra" / "overrides.yaml")
+        task = [o for o in recorded if not o.startswith(("resume=", "hydra.run.dir="))]
+        task += [f"hydra.run.dir={path}", f"resume={path}"]
+        return task, task, []
+    raise ConfigError(f"resume={target}: not a bnlab run or sweep directory (no .hydra/overrides.yaml or "
+                      "multirun.yaml there); pass a directory under runs/ (see `bnlab runs`)")
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {path}: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,1 @@
+"""Datasets as tensors on the training device, the sampler that batches them, and the file downloads."""

@@ -1,0 +1,1 @@
+"""The named experiments of `bnlab reproduce`: their claims, thresholds, verdicts and figures."""

@@ -1,0 +1,1 @@
+"""Deep MLPs and plain CNNs built from config, with the norm layer the config names."""

@@ -1,0 +1,1 @@
+"""What a run measures: probes (hooks), statistics (and their compiled loop), the TensorBoard writer, images."""

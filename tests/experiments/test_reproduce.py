@@ -1,0 +1,138 @@
+"""`bnlab reproduce`: the registry, the planning of each experiment's sweeps, and real runs end to end.
+
+The five `--quick` experiments run as real subprocesses in the slow suite (CI runs it); the default
+suite runs one reduced experiment in process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_bnlab
+from typer.testing import CliRunner
+
+from bnlab.cli import app
+from bnlab.config.app import CONFIG_DIR
+from bnlab.errors import ConfigError, DataError
+from bnlab.experiments.catalog import EXPERIMENTS, get
+from bnlab.experiments.reproduce import Reproduction, _plan_parts, judge_directory, merge, reproduce
+from bnlab.experiments.verdict import HELD
+
+
+def test_every_experiment_has_its_configs_a_paper_a_time_and_a_verdict():
+    assert list(EXPERIMENTS) == ["vanishing", "ioffe2015_fig1", "glorot2010", "yang2019", "lr_tolerance"]
+    for experiment in EXPERIMENTS.values():
+        assert Path(CONFIG_DIR, "experiment", f"{experiment.name}.yaml").is_file()
+        for part in experiment.parts:
+            text = Path(CONFIG_DIR, "experiment", f"{part.config}.yaml").read_text()
+            assert text.startswith("# @package _global_"), part.config
+            assert "sweeper:" in text and "params:" in text, part.config
+        assert experiment.paper and experiment.claim and experiment.minutes > 0 and experiment.quick_seconds > 0
+        assert experiment.deviations and callable(experiment.verdict) and callable(experiment.figures)
+
+
+def test_list_shows_each_experiment_with_its_paper_and_run_time():
+    result = CliRunner().invoke(app, ["reproduce", "--list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for experiment in EXPERIMENTS.values():
+        assert experiment.name in result.output
+        assert f"~{experiment.minutes:g} min" in result.output
+    assert "Yang et al. 2019" in result.output and "2-core" in result.output
+
+
+def test_an_unknown_experiment_is_named_with_the_valid_ones():
+    with pytest.raises(ConfigError, match="did you mean 'vanishing'.*glorot2010"):
+        get("vanish")
+    result = CliRunner().invoke(app, ["reproduce", "vanish"])
+    assert result.exit_code == 2
+
+
+def test_overrides_merge_per_key_the_last_source_winning():
+    merged = merge(("train.steps=5000", "model.depth=20"), ("train.steps=600", "train.seed=0,1"),
+                   ("train.seed=3", "+extra=1"), ("norm=torch", "train.seed=0"))
+    assert merged == ["model.depth=20", "train.steps=600", "+extra=1", "norm=torch", "train.seed=0"]
+
+
+def plan_of(name: str, overrides=(), quick=True, directory="unused"):
+    result = Reproduction(get(name), Path(directory), quick, list(overrides), {})
+    return result, _plan_parts(result)
+
+
+def test_every_part_of_every_quick_experiment_composes_at_every_sweep_point():
+    for name in EXPERIMENTS:
+        result, launches = plan_of(name)
+        assert len(launches) == len(get(name).parts)
+        for part, launch in zip(get(name).parts, launches, strict=True):
+            assert launch.multirun and launch.sweep_dir.name == part.name
+            assert f"experiment={part.config}" in launch.args
+
+
+def test_a_part_keeps_what_makes_it_itself_and_takes_the_users_overrides():
+    result, _ = plan_of("lr_tolerance", ["train.steps=50", "norm=none"], quick=True)
+    torch = result.commands["torch"]
+    assert "norm=torch" in torch and "train.seed=0" in torch and "train.steps=50" in torch
+    assert "optim.lr=0.1" in torch and "optim.lr=0.01" not in torch  # the part's quick grid
+    assert "norm=none" in result.commands["main"] and "train.steps=50" in result.commands["main"]
+
+
+def test_a_bad_override_stops_before_any_run(tmp_path):
+    out = tmp_path / "experiment"
+    with pytest.raises(ConfigError, match="model.depth=0"):
+        reproduce("vanishing", ["model.depth=0"], quick=True, out=out)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--out"):
+        reproduce("vanishing", ["hydra.sweep.dir=elsewhere"], quick=True, out=out)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "reproduce.md").write_text("an earlier experiment")
+    with pytest.raises(ConfigError, match="not empty"):
+        reproduce("vanishing", quick=True, out=tmp_path / "used")
+
+
+def test_the_experiments_own_sweep_axes_are_validated():
+    from bnlab.config.launch import check_overrides
+
+    with pytest.raises(ConfigError, match="norm=bn is not a choice"):
+        check_overrides(["experiment=vanishing", "hydra.sweeper.params.norm='none,bn'"])
+    # the command line's norm replaces the experiment's norm axis, as in Hydra's sweeper: nothing to reject
+    check_overrides(["experiment=vanishing", "norm=bnlab", "hydra.sweeper.params.norm='none,bn'"])
+
+
+def test_without_mnist_files_ioffe_runs_on_digits_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/mnist here
+    result, launches = plan_of("ioffe2015_fig1")
+    assert all("data=digits" in launch.args for launch in launches)
+    assert any("MNIST files were not found" in text for text in result.deviations)
+    with pytest.raises(DataError, match="mnist"):  # the user asked for MNIST: no silent fallback
+        plan_of("ioffe2015_fig1", ["data=mnist"])
+
+
+def test_a_reduced_vanishing_runs_end_to_end_and_writes_its_verdict(tmp_path):
+    out = tmp_path / "vanishing"
+    result = reproduce("vanishing", ["model.activation=sigmoid", "model.depth=2", "train.steps=20",
+                                     "model.width=16"], quick=True, out=out)
+    assert {name: len(runs) for name, runs in result.parts.items()} == {"main": 2, "torch": 1}
+    assert [claim.outcome for claim in result.verdict.claims][-1] == HELD  # bnlab and torch agree
+    text = result.markdown.read_text()
+    for heading in ("## Verdict", "## Deviations from the paper", "## Settings", "## Figures", "## Look deeper"):
+        assert heading in text
+    assert "| claim | the paper reports | this run measured | verdict |" in text
+    assert f"bnlab tb {out}" in text and "bnlab train -m experiment=vanishing" in text
+    assert set(result.figures) == {"vanishing_by_depth", "gradients_deepest"}
+    assert all(path.is_file() and path.stat().st_size > 1000 for path, _ in result.figures.values())
+    again = judge_directory(out)
+    assert [c.outcome for c in again.verdict.claims] == [c.outcome for c in result.verdict.claims]
+    assert again.commands == result.commands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_each_quick_experiment_runs_from_the_command_line(tmp_path, name):
+    out = tmp_path / name
+    result = run_bnlab("reproduce", name, "--quick", "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]  # whatever the verdict
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "this run measured" in result.stdout and f"bnlab tb {out}" in result.stdout
+    text = (out / "reproduce.md").read_text()
+    assert "## Verdict" in text and "not measured**" not in text  # every claim was measured
+    assert list(out.glob("*.png"))

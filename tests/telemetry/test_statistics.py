@@ -1,0 +1,156 @@
+"""Row statistics against numpy, on both paths: bnlab's compiled loops (CPU float32) and PyTorch ops.
+
+The `path` fixture (conftest.py) runs a test once on each: "native" fails if the compiled library cannot be built
+(this project's machines have a C++ compiler), "torch" switches it off with BNLAB_NATIVE=0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab.telemetry import native
+from bnlab.telemetry.statistics import (
+    HISTOGRAM_BINS,
+    HISTOGRAM_HEAD,
+    histogram_rows,
+    row_norms,
+    row_percentiles,
+    summaries,
+    update_norms,
+)
+
+
+def _expected_row(values: np.ndarray) -> list[float]:
+    values = values.astype(np.float64).ravel()
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
+    return [values.min(), values.max(), values.size, values.sum(), (values ** 2).sum(), *counts, *edges[1:]]
+
+
+def _mismatches(rows: torch.Tensor, expected: list[np.ndarray]) -> list[str]:
+    """Where the histogram rows differ from numpy's for each of `expected` (an empty list: nowhere)."""
+    if rows.shape != (len(expected), HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS):
+        return [f"shape {tuple(rows.shape)}"]
+    found = []
+    for index, (got, values) in enumerate(zip(rows.tolist(), expected, strict=True)):
+        want = _expected_row(values)
+        if got[:3] != want[:3]:
+            found.append(f"row {index}: min, max, count {got[:3]} != {want[:3]}")
+        if got[3:5] != pytest.approx(want[3:5], rel=1e-12, abs=1e-300):
+            found.append(f"row {index}: sum, sum of squares {got[3:5]} != {want[3:5]}")
+        if got[HISTOGRAM_HEAD:] != want[HISTOGRAM_HEAD:]:  # counts and edges, exactly
+            found.append(f"row {index}: bins {got[HISTOGRAM_HEAD:]} != {want[HISTOGRAM_HEAD:]}")
+    return found
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_histograms_equal_numpy_for_tensors_of_several_shapes(path, dtype):
+    torch.manual_seed(0)
+    a = torch.randn(3, 1000, dtype=dtype) * torch.tensor([[1.0], [1e-20], [1e6]], dtype=dtype)
+    tensors = [*a, torch.rand(2, 17, dtype=dtype), torch.rand(17, 2, dtype=dtype), torch.randn(5, 3, 4, 4, dtype=dtype)]
+    assert _mismatches(histogram_rows(tensors), [t.numpy() for t in tensors]) == []
+
+
+def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin(path):
+    # integers 0..30 put every value on an edge; float32 neighbours of the float64 edges straddle them
+    on_edges = torch.arange(31, dtype=torch.float32)
+    edges = np.linspace(-1.0, 2.0, HISTOGRAM_BINS + 1)  # edges like -0.9, 0.1, ... are not float32 values
+    near = torch.tensor(np.concatenate([np.nextafter(edges.astype(np.float32), np.float32(-np.inf)),
+                                        edges.astype(np.float32),
+                                        np.nextafter(edges.astype(np.float32), np.float32(np.inf))]))
+    near = near.clamp(-1.0, 2.0)
+    assert _mismatches(histogram_rows([on_edges, near]), [on_edges.numpy(), near.numpy()]) == []
+
+
+def test_a_row_of_equal_values_gets_numpy_s_unit_range(path):
+    constant = [torch.zeros(50), torch.full((7, 3), 3.5)]
+    assert _mismatches(histogram_rows(constant), [t.numpy() for t in constant]) == []
+
+
+def test_channels_last_tensors_give_the_statistics_of_their_values(path):
+    x = torch.randn(4, 6, 5, 5)
+    wide = x.contiguous(memory_format=torch.channels_last)
+    assert wide.stride() != x.stride()
+    assert _mismatches(histogram_rows([wide]), [x.numpy()]) == []
+    assert summaries([wide])[0].tolist() == pytest.approx(summaries([x])[0].tolist(), rel=1e-14)
+    assert row_percentiles([wide[:, 0]], [0.5]).tolist() == row_percentiles([x[:, 0]], [0.5]).tolist()
+
+
+def test_half_precision_tensors_are_widened_and_binned_exactly():
+    x = (torch.randn(2, 500) * 4).to(torch.bfloat16)
+    assert _mismatches(histogram_rows(list(x)), [row.float().numpy() for row in x]) == []
+    # the PyTorch sort path (numpy has no bfloat16)
+    assert row_percentiles(list(x), [0.15, 0.5]).tolist() == \
+        [np.percentile(row.double().numpy(), [15, 50]).tolist() for row in x]
+
+
+def test_non_finite_values_do_not_fail(path):
+    x = [torch.tensor([1.0, float("nan"), 2.0, 3.0]), torch.tensor([1.0, float("inf"), -1.0, 0.0])]
+    rows = histogram_rows(x)
+    assert rows.shape == (2, HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS)
+    assert rows[:, 2].tolist() == [4.0, 4.0]
+    assert rows[:, HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS].count_nonzero() == 0  # no finite range to bin
+    # NaN sorts after every number, as numpy.sort puts it: the low percentiles stay numbers
+    assert row_percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_percentiles_match_numpy_linear_interpolation(path, dtype):
+    torch.manual_seed(1)
+    x = torch.randn(3, 1001, dtype=dtype)
+    x[2] = x[2].round()  # many equal values: numpy interpolates from the nearer end
+    tensors = [*x, x.T[0], torch.randn(7, 5, 3, dtype=dtype)[:, 0]]  # strided views among them
+    qs = [0.0, 0.15, 0.5, 0.85, 1.0]
+    got = row_percentiles(tensors, qs)
+    for row, tensor in zip(got.tolist(), tensors, strict=True):
+        assert row == np.percentile(tensor.double().numpy(), [q * 100 for q in qs]).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_summaries_match_numpy_in_float64(path, dtype):
+    torch.manual_seed(2)
+    tensors = [torch.randn(64, 128, dtype=dtype) * 3 + 1e3, torch.rand(9, dtype=dtype),
+               torch.randn(2, 3, 4, 5, dtype=dtype), torch.tensor([1.0, float("nan"), -2.0], dtype=dtype)]
+    got = summaries(tensors)
+    for row, tensor in zip(got.tolist(), tensors, strict=True):
+        values = tensor.double().numpy()
+        expected = [values.sum(), (values ** 2).sum(), values.min(), values.max(), values.mean(), values.std()]
+        if np.isnan(values).any():
+            assert all(np.isnan(row[2:4])) and np.isnan(row[0])  # min, max and sum are NaN
+        else:
+            assert row == pytest.approx(expected, rel=1e-12)
+
+
+def test_vanished_gradients_are_measured_not_rounded_to_zero(path):
+    # Per-element values of 1e-25 square to 1e-50, below float32's range: the norm must still be right.
+    g = torch.full((64, 128), 1e-25, dtype=torch.float32)
+    assert row_norms([g, 2 * g]).tolist() == pytest.approx([1e-25 * np.sqrt(64 * 128), 2e-25 * np.sqrt(64 * 128)],
+                                                          rel=1e-12)
+
+
+def test_norms_are_float64_exact_from_tiny_to_huge(path):
+    torch.manual_seed(3)
+    tensors = [torch.randn(128, 128) * scale for scale in (1e-20, 1e-3, 1.0, 1e3, 1e25)]
+    tensors.append(torch.randn(64, 128).to(torch.bfloat16))
+    for value, tensor in zip(row_norms(tensors).tolist(), tensors, strict=True):
+        assert value == pytest.approx(np.linalg.norm(tensor.double().numpy()), rel=1e-12)
+
+
+def test_update_norms_take_the_float32_difference_exactly(path):
+    torch.manual_seed(4)
+    after = [torch.randn(128, 128), torch.randn(10) * 1e-30,
+             torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)]
+    before = [a + torch.randn_like(a) * 1e-6 for a in after]
+    before[2] = before[2].contiguous()  # another memory order than `after`
+    got = update_norms(after, before).tolist()
+    for (norm, step), a, b in zip(got, after, before, strict=True):
+        assert norm == pytest.approx(np.linalg.norm(a.double().numpy()), rel=1e-12)
+        assert step == pytest.approx(np.linalg.norm(a.double().numpy() - b.double().numpy()), rel=1e-12)
+
+
+def test_the_compiled_path_is_taken_for_cpu_float32_only(path):
+    x32, x64 = torch.zeros(3), torch.zeros(3, dtype=torch.float64)
+    assert native.handles([x32]) == (path == "native")
+    assert not native.handles([x32, x64])
+    assert not native.handles([])

@@ -1,0 +1,47 @@
+"""The writer's records, read back with TensorBoard's own reader and checked against direct computations, on
+both paths (`path`: the compiled Summary encoder, and protobuf objects built in Python)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bnlab.telemetry.statistics import histogram_rows
+from bnlab.telemetry.writer import HISTOGRAM_BINS, RunWriter
+
+
+def _read(run_dir):
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_histograms_equal_numpy_for_tensors_of_several_shapes(tmp_path, path):
+    torch.manual_seed(0)
+    tensors = {"a": torch.randn(40, 7), "b": torch.randn(40, 7) * 3 + 1, "c": torch.rand(5, 3, 2)}
+    writer = RunWriter(tmp_path)
+    writer.histogram_rows(7, list(tensors), histogram_rows(list(tensors.values())))  # as the probes bin them
+    writer.close()
+    accumulator = _read(tmp_path)
+    for tag, tensor in tensors.items():
+        histogram = accumulator.Histograms(tag)[0].histogram_value
+        values = tensor.numpy().ravel().astype(np.float64)
+        counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
+        assert accumulator.Histograms(tag)[0].step == 7
+        assert list(histogram.bucket) == counts.tolist()
+        assert list(histogram.bucket_limit) == edges[1:].tolist()
+        assert histogram.min == np.float32(values.min()) and histogram.max == np.float32(values.max())
+        assert histogram.num == values.size
+        assert np.isclose(histogram.sum, values.sum(), rtol=1e-5)
+        assert np.isclose(histogram.sum_squares, (values ** 2).sum(), rtol=1e-5)
+
+
+def test_scalars_of_one_step_are_one_event_and_read_back_exactly(tmp_path, path):
+    writer = RunWriter(tmp_path)
+    writer.scalars(0, {"x/layer00": 1.5, "x/layer01": 2.25, "loss/train": 0.125})
+    writer.scalars(10, {"x/layer00": 3.0})
+    writer.close()
+    accumulator = _read(tmp_path)
+    assert [(e.step, e.value) for e in accumulator.Scalars("x/layer00")] == [(0, 1.5), (10, 3.0)]
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss/train")] == [(0, 0.125)]
