@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from bnlab.analysis.runs import find_runs
+from bnlab.formatting import number
 
 STATUS_STYLE = {"completed": "green", "diverged": "yellow", "interrupted": "yellow", "failed": "red",
                 "running": "cyan", "damaged": "red"}
 EXIT_CODES = {"completed": 0, "diverged": 0, "interrupted": 130, "failed": 1}
-
-
-def number(value, spec: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
 
 
 def one_line(summary: dict) -> str:

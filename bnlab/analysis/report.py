@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bnlab.analysis.aggregate import Configuration, Stat, configurations, geometric_mean_profile, mean_series
+from bnlab import formatting
+from bnlab.analysis.aggregate import Configuration, configurations, geometric_mean_profile, mean_series
 from bnlab.analysis.readback import RunData, load_runs
 from bnlab.errors import BnlabError, ConfigError, RunFileError
 from bnlab.telemetry import plots
@@ -68,7 +69,7 @@ class Report:
             for config in self.configurations:
                 lead = {"configuration": self.short_label(config) + (" (partial)" if config.partial else ""),
                         "n": str(config.n), "status": status_text(config)}
-                cells = [format_stat(config.stats.get(stat), spec, len(config.used))
+                cells = [formatting.stat(config.stats.get(stat), spec, len(config.used))
                          for _, stat, spec in columns]
                 rows.append([*(lead[name] for name in leading), *cells])
             result.append((title, [*leading, *(header for header, _, _ in columns)], rows))
@@ -102,16 +103,6 @@ def default_out_dir(paths: list[Path]) -> Path:
     """The single input directory, or the common parent of several."""
     resolved = [p.resolve() for p in paths]
     return resolved[0] if len(resolved) == 1 else Path(os.path.commonpath(resolved))
-
-
-def format_stat(stat: Stat | None, spec: str, runs: int) -> str:
-    """'0.705 ± 0.012', '3.2e-01 ×/÷ 1.5', '0.705' (one seed), '-' (none); '(n=2)' when fewer runs had one."""
-    if stat is None:
-        return "-"
-    text = format(stat.mean, spec)
-    if stat.low is not None:
-        text += f" ×/÷ {stat.factor:.3g}" if stat.geometric else f" ± {stat.half_width:.2g}"
-    return text + (f" (n={stat.n})" if stat.n < runs else "")
 
 
 def status_text(config: Configuration) -> str:

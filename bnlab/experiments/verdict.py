@@ -17,9 +17,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from bnlab import formatting
 from bnlab.analysis.aggregate import Stat, mean_interval
 from bnlab.analysis.readback import RunData
-from bnlab.analysis.report import format_stat
 from bnlab.telemetry import figures
 
 HELD, PARTLY, NOT_HELD, NOT_MEASURED = "held", "partly", "not held", "not measured"
@@ -102,7 +102,7 @@ def across(runs: list[RunData], measure, geometric: bool = False) -> Stat | None
 
 
 def fmt(stat: Stat | None, spec: str = ".3g") -> str:
-    return format_stat(stat, spec, stat.n if stat else 0)
+    return formatting.stat(stat, spec)
 
 
 def mean(stat: Stat | None) -> float | None:

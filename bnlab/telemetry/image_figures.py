@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import math
-
+from bnlab.formatting import number
 from bnlab.telemetry import figures, plots
 
 OUTPUT, WEIGHT = "grad_norm/output", "grad_norm/weight"
@@ -42,8 +41,8 @@ def gradients_figure(title: str, step: int, initial: dict[str, float], current: 
               plots.ProfileLine(now_output, f"step {step}", "C0")]
     weight = [plots.ProfileLine(init_weight, "step 0", "C1", "--", 0.35),
               plots.ProfileLine(now_weight, f"step {step}", "C1")]
-    note = (f"first/last: {_fmt(figures.ratio_first_last(now_output))}\n"
-            f"×{_fmt(figures.growth_factor(now_output), '.3g')} per layer")
+    note = (f"first/last: {number(figures.ratio_first_last(now_output), '.2e', 'n/a')}\n"
+            f"×{number(figures.growth_factor(now_output), '.3g', 'n/a')} per layer")
     return plots.gradient_figure(output, weight, f"{title} · step {step}", note, figure)
 
 
@@ -64,6 +63,3 @@ def figure1_figure(title: str, step: int, current: dict[str, float],
     title = f"{title}\n{layer} (last hidden layer): preactivation percentiles over steps 0–{step}"
     return plots.bands_figure([plots.Band("", steps, band["p15"], band["p50"], band["p85"])], title, figure)
 
-
-def _fmt(value: float, spec: str = ".2e") -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
