@@ -4,6 +4,7 @@ experiment, a README for users. A change that breaks one of these should move co
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +100,10 @@ def test_modules_stay_small_and_the_root_stays_short():
     assert not long, "\n".join(long)
     root = sorted(path.name for path in PACKAGE.glob("*.py"))
     assert len(root) <= MAX_ROOT_MODULES, root
+
+
+def test_the_readme_is_short_and_has_no_first_person_history():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 350
+    assert not re.search(r"\b(I|I'm|I've|we|We|our|Our)\b", text)
+    assert not re.search(r"\b[0-9a-f]{7,40}\b", text), "commit hashes belong to git"
