@@ -117,12 +117,22 @@ class _NormBase(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+def _dense_like_torch(x: Tensor) -> Tensor:
+    """x in the memory layout torch's batch norm gives its output: channels-last if a 4-D x is channels-last,
+    else contiguous. Dense inputs in either layout pass untouched; any other layout is copied once, so the layer
+    stays a drop-in replacement (an output that kept a transposed input's strides would not be)."""
+    layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    return x if x.is_contiguous(memory_format=layout) else x.contiguous(memory_format=layout)
+
+
 class _BatchNorm(_NormBase):
     """The forward: batch statistics in training (or when nothing is tracked), running statistics in eval."""
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_input(input)
+        input = _dense_like_torch(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         if use_batch_stats:
             self._check_batch_size(input)

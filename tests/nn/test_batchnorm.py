@@ -417,3 +417,27 @@ def test_training_a_small_network_matches_torch():
             optimizer.step()
     for (name, ours_value), ref_value in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(ours_value, ref_value, **TOL64, msg=name)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(4, 8, dtype=torch.float64).t(),  # (8, 4) transposed
+    lambda: torch.randn(6, 5, 3, dtype=torch.float64).transpose(1, 2),  # (6, 3, 5)
+    lambda: torch.randn(2, 3, 4, 5, dtype=torch.float64).permute(0, 1, 3, 2),  # spatial dims swapped
+    lambda: torch.randn(2, 4, 5, 3, dtype=torch.float64).permute(0, 3, 1, 2),  # channels-last
+    lambda: torch.randn(4, 6, 5, 5, dtype=torch.float64)[:, ::2],  # a strided slice
+    lambda: torch.randn(4, 3, 5, 5, dtype=torch.float64).permute(2, 1, 0, 3),  # batch and height swapped
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_non_contiguous_input_gives_torch_s_output_layout_and_values(make, training):
+    x = make()
+    ours = (BatchNorm1d if x.dim() < 4 else BatchNorm2d)(x.shape[1], dtype=torch.float64).train(training)
+    theirs = (torch.nn.BatchNorm1d if x.dim() < 4 else torch.nn.BatchNorm2d)(x.shape[1], dtype=torch.float64)
+    theirs.train(training)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    assert y_ours.stride() == y_theirs.stride()
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(y_theirs)
+    y_ours.backward(dy)
+    y_theirs.backward(dy)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-10, atol=1e-12)
