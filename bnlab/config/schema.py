@@ -164,7 +164,8 @@ def validate(cfg: Any) -> None:
     if norm.name in BATCH_NORMS and data.batch_size < 2:
         raise ConfigError(
             f"data.batch_size={data.batch_size} is too small for BatchNorm in training: each channel needs more "
-            "than one value to normalize; use data.batch_size=2 or more, or norm=none"
+            "than one value to normalize; use data.batch_size=2 or more, or a norm without batch statistics: "
+            "norm=none, layer or group"
         )
     _positive("data.dim", data.dim)
     _positive("data.samples", data.samples, 20)

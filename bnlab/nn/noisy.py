@@ -9,10 +9,12 @@ step t a scale s and a shift m, the same for every sample of the batch:
 
     y = s * BN(x) + m,   s = noise_std ** u,  u ~ U(-1, 1),   m ~ U(-noise_mean, noise_mean)
 
-so the unit's output has mean s * beta + m and standard deviation s * gamma: at noise_std = 2, a
-standard deviation anywhere from half to twice what BatchNorm made it, and a mean moved by up to
-noise_mean, afresh at every step. log s and m have mean 0, so eval mode, which adds no noise, sees the
-typical training distribution. s and m carry no gradient.
+so the unit's output has mean s * beta + m and standard deviation s * gamma: at the defaults, a standard
+deviation anywhere from 2/3 to 1.5 times what BatchNorm made it and a mean moved by up to 0.5, afresh at
+every step. log s and m have mean 0, so eval mode, which adds no noise, sees the typical training
+distribution. s and m carry no gradient. The paper perturbs each sample's activations with i.i.d. noise
+whose distribution changes every step; here the samples of a step share their unit's s and m, so that
+what moves is the distribution itself (the shift under study), without a per-sample jitter on top.
 
 Reproducible. Step t's noise comes from a generator seeded by (seed, t), drawn on the CPU in float64
 (the same noise on every device) and cast to the input's dtype. The seed and the count of draws are the
