@@ -9,15 +9,17 @@ fit together) and names the key, the value, what is allowed and a close match.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from bnlab.errors import ConfigError
+from bnlab.nn.names import BATCH_NORMS, NORM_NAMES
 
 MODELS = ("mlp", "cnn")
-NORMS = ("none", "bnlab", "torch")
+NORMS = NORM_NAMES  # declared in bnlab.nn.names, beside the layers; importing it does not import torch
 NORM_POSITIONS = ("before_act", "after_act")
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu", "linear")
 INITS = ("default", "standard", "xavier", "kaiming", "orthogonal", "gaussian")
@@ -45,6 +47,15 @@ class NormConfig:
     eps: float = 1e-5
     momentum: float | None = 0.1
     position: str = "before_act"
+    ghost_batch_size: int = 32  # ghost: samples per ghost batch (Hoffer et al. 2017); divides data.batch_size
+    rmax: float = 3.0  # renorm: the clip on r after the warm-up (Ioffe 2017)
+    dmax: float = 5.0  # renorm: the clip on d after the warm-up
+    warmup_steps: int = 50  # renorm: plain BatchNorm (r = 1, d = 0) for this many steps, then r, d relaxed
+    rmax_step: int = 400  # renorm: the step at which r's clip reaches rmax (the paper's 40k steps / 100)
+    dmax_step: int = 250  # renorm: the step at which d's clip reaches dmax (the paper's 25k steps / 100)
+    noise_mean: float = 0.5  # noisy: each step, each unit's mean moves by up to this (Santurkar et al. 2018)
+    noise_std: float = 1.5  # noisy: ... and its standard deviation is scaled by a factor in [1/this, this]
+    groups: int = 8  # group, torch_group: channel groups (Wu & He 2018); divides model.width
 
 
 @dataclass
@@ -147,12 +158,14 @@ def validate(cfg: Any) -> None:
     _positive("norm.eps", norm.eps, 0, strict=True)
     if norm.momentum is not None and not 0 <= norm.momentum <= 1:
         raise ConfigError(f"norm.momentum={norm.momentum} is out of range; expected 0..1 or null (cumulative)")
+    _validate_norm_variants(norm, model, data)
     _choice("data.name", data.name, DATASETS)
     _positive("data.batch_size", data.batch_size)
-    if norm.name != "none" and data.batch_size < 2:
+    if norm.name in BATCH_NORMS and data.batch_size < 2:
         raise ConfigError(
             f"data.batch_size={data.batch_size} is too small for BatchNorm in training: each channel needs more "
-            "than one value to normalize; use data.batch_size=2 or more, or norm=none"
+            "than one value to normalize; use data.batch_size=2 or more, or a norm without batch statistics: "
+            "norm=none, layer or group"
         )
     _positive("data.dim", data.dim)
     _positive("data.samples", data.samples, 20)
@@ -178,3 +191,34 @@ def validate(cfg: Any) -> None:
     _positive("log.hist_every", log.hist_every)
     if log.image_every is not None:
         _positive("log.image_every", log.image_every)
+
+
+def _at_least(key: str, value: float, minimum: float) -> None:
+    if not (math.isfinite(value) and value >= minimum):
+        raise ConfigError(f"{key}={value} is out of range; expected a finite value >= {minimum}")
+
+
+def _validate_norm_variants(norm: Any, model: Any, data: Any) -> None:
+    """The keys of ghost, renorm, noisy and group norm: each in range whichever norm runs, and the sizes
+    that must fit together for the one that does."""
+    _positive("norm.ghost_batch_size", norm.ghost_batch_size)
+    _at_least("norm.rmax", norm.rmax, 1)
+    _at_least("norm.dmax", norm.dmax, 0)
+    _positive("norm.warmup_steps", norm.warmup_steps, 0)
+    for key in ("rmax_step", "dmax_step"):
+        if getattr(norm, key) < norm.warmup_steps:
+            raise ConfigError(f"norm.{key}={getattr(norm, key)} comes before the warm-up ends (norm.warmup_steps="
+                              f"{norm.warmup_steps}); expected norm.{key} >= {norm.warmup_steps}")
+    _at_least("norm.noise_mean", norm.noise_mean, 0)
+    _at_least("norm.noise_std", norm.noise_std, 1)
+    _positive("norm.groups", norm.groups)
+    size, batch = norm.ghost_batch_size, data.batch_size
+    if norm.name == "ghost" and batch % size:
+        raise ConfigError(f"data.batch_size={batch} is not a multiple of norm.ghost_batch_size={size}; "
+                          f"use a batch size that is a multiple of {size}, or a ghost batch size that divides {batch}")
+    if norm.name == "ghost" and model.name == "mlp" and size < 2:
+        raise ConfigError("norm.ghost_batch_size=1 leaves one value per unit in each ghost batch of an MLP, "
+                          "nothing to normalize with; use norm.ghost_batch_size=2 or more")
+    if norm.name in ("group", "torch_group") and model.width % norm.groups:
+        raise ConfigError(f"model.width={model.width} is not a multiple of norm.groups={norm.groups}; "
+                          f"use a number of groups that divides {model.width}")

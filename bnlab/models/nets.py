@@ -16,6 +16,7 @@ from torch import nn
 
 from bnlab.errors import ConfigError
 from bnlab.nn import create_norm
+from bnlab.nn.names import NORM_OPTIONS
 
 ACTIVATION_MODULES = {
     "sigmoid": nn.Sigmoid,
@@ -84,24 +85,29 @@ def build_model(model_cfg, norm_cfg, input_shape: tuple[int, ...], num_classes: 
     return net
 
 
-def _norm(norm_cfg, num_features: int, dim: int) -> nn.Module:
-    if norm_cfg.name == "none":
-        return create_norm("none", num_features)
+def _norm(norm_cfg, num_features: int, dim: int, index: int) -> nn.Module:
+    """The norm layer of hidden layer `index`, given the `norm.*` keys its constructor takes."""
+    options = {key: getattr(norm_cfg, key) for key in NORM_OPTIONS.get(norm_cfg.name, ())}
+    if norm_cfg.name == "noisy":
+        # One noise stream per layer from the run's seed (train.seed, set before the model is built), read
+        # without drawing from torch's generator so that the weights come out as in the other norm arms.
+        options["seed"] = torch.initial_seed() + index
     try:
-        return create_norm(norm_cfg.name, num_features, dim=dim, eps=norm_cfg.eps, momentum=norm_cfg.momentum)
+        return create_norm(norm_cfg.name, num_features, dim=dim, **options)
     except ValueError as error:  # bnlab.nn speaks plain Python errors; here it is a config problem
         raise ConfigError(f"norm={norm_cfg.name}: {error}") from error
 
 
 def _mlp(model_cfg, norm_cfg, in_features: int, num_classes: int) -> DeepNet:
-    # With norm right after the layer, its beta takes the role of the layer's bias (as in the paper).
+    # With norm right after the layer, its beta takes the role of the layer's bias (as in the paper; a batch
+    # norm's mean subtraction would cancel the bias, and layer/group norm get the same weight layers).
     bias = norm_cfg.name == "none" or norm_cfg.position == "after_act"
     blocks = []
     for i in range(model_cfg.depth):
         fan_in = in_features if i == 0 else model_cfg.width
         blocks.append(Block(
             nn.Linear(fan_in, model_cfg.width, bias=bias),
-            _norm(norm_cfg, model_cfg.width, dim=1),
+            _norm(norm_cfg, model_cfg.width, dim=1, index=i),
             model_cfg.activation,
             norm_cfg.position,
             residual=model_cfg.residual and fan_in == model_cfg.width,
@@ -125,7 +131,7 @@ def _cnn(model_cfg, norm_cfg, input_shape: tuple[int, ...], num_classes: int) ->
         in_channels = channels if i == 0 else model_cfg.width
         blocks.append(Block(
             nn.Conv2d(in_channels, model_cfg.width, kernel_size=3, padding=1, bias=bias),
-            _norm(norm_cfg, model_cfg.width, dim=2),
+            _norm(norm_cfg, model_cfg.width, dim=2, index=i),
             model_cfg.activation,
             norm_cfg.position,
             residual=model_cfg.residual and in_channels == model_cfg.width,

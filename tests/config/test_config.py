@@ -37,7 +37,7 @@ def test_overrides_reach_the_canonical_keys():
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("norm=bnn", ["norm=bnn", "bnlab, none, torch"]),
+    ("norm=bnn", ["norm=bnn", "bnlab, ghost, group, layer, noisy, none, renorm, torch"]),
     ("model.dept=3", ["model.dept", "model.depth"]),
     ("nrm.eps=1", ["nrm", "norm"]),
     ("model.depth=abc", ["model.depth=abc", "integer"]),

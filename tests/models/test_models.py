@@ -1,4 +1,4 @@
-"""Model shapes, layer naming, bias placement, residual blocks and initialization schemes."""
+"""Model shapes, layer naming, bias placement, residual blocks, initialization schemes, and every norm arm."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ from conftest import compose
 from torch import nn
 
 from bnlab.models.nets import build_model
-from bnlab.nn import BatchNorm1d, BatchNorm2d
+from bnlab.nn import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    GroupNorm,
+    LayerNorm,
+    NoisyBatchNorm1d,
+    NoisyBatchNorm2d,
+)
 
 
 def _model(*overrides, input_shape=(64,), classes=10):
@@ -102,3 +113,56 @@ def test_default_init_keeps_torchs_own_initialization():
     reference = nn.Linear(8, 16)
     assert torch.equal(net.weight_layers["layer00"].weight, reference.weight)
     assert torch.equal(net.weight_layers["layer00"].bias, reference.bias)
+
+
+@pytest.mark.parametrize("norm, mlp_class, cnn_class, attributes", [
+    ("ghost", GhostBatchNorm1d, GhostBatchNorm2d, {"ghost_batch_size": 8}),
+    ("renorm", BatchRenorm1d, BatchRenorm2d, {"rmax": 2.0, "dmax": 1.5, "warmup_steps": 3, "rmax_step": 9,
+                                              "dmax_step": 7}),
+    ("noisy", NoisyBatchNorm1d, NoisyBatchNorm2d, {"noise_mean": 0.25, "noise_std": 1.25}),
+    ("layer", LayerNorm, LayerNorm, {}),
+    ("group", GroupNorm, GroupNorm, {"num_groups": 4}),
+    ("torch_layer", nn.LayerNorm, nn.GroupNorm, {}),
+    ("torch_group", nn.GroupNorm, nn.GroupNorm, {"num_groups": 4}),
+])
+def test_every_norm_variant_builds_in_the_mlp_and_the_cnn_with_its_config(norm, mlp_class, cnn_class, attributes):
+    keys = {"num_groups": "groups"}
+    overrides = [f"norm={norm}", "model.depth=3", "model.width=16", "norm.eps=0.001"]
+    overrides += [f"norm.{keys.get(name, name)}={value}" for name, value in attributes.items()]
+    for model, layer_class, input_shape in (("mlp", mlp_class, (64,)), ("cnn", cnn_class, (1, 8, 8))):
+        net = _model(*overrides, f"model={model}", input_shape=input_shape)
+        assert all(type(block.norm) is layer_class for block in net.blocks)
+        for block in net.blocks:
+            assert block.norm.eps == 0.001 and block.weight_layer.bias is None  # beta plays the bias
+            assert {name: getattr(block.norm, name) for name in attributes} == attributes
+        assert net(torch.randn(16, *input_shape)).shape == (16, 10)
+
+
+def test_noisy_layers_draw_their_own_noise_from_the_runs_seed_without_changing_the_weights():
+    torch.manual_seed(7)
+    noisy = _model("norm=noisy", "model.depth=3", "model.width=8")
+    torch.manual_seed(7)
+    plain = _model("norm=bnlab", "model.depth=3", "model.width=8")
+    torch.manual_seed(7)
+    again = _model("norm=noisy", "model.depth=3", "model.width=8")
+    torch.manual_seed(8)
+    other = _model("norm=noisy", "model.depth=3", "model.width=8")
+    assert all(torch.equal(a, b) for a, b in zip(_weights(noisy), _weights(plain), strict=True))
+    seeds = [block.norm.noise_seed for block in noisy.blocks]
+    assert seeds == [7, 8, 9] and seeds == [block.norm.noise_seed for block in again.blocks]
+    draws = [block.norm.draw_noise(0)[1] for block in noisy.blocks]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert not torch.equal(other.blocks[0].norm.draw_noise(0)[1], draws[0])
+
+
+def test_ghost_batches_change_what_the_network_computes_in_training_only():
+    torch.manual_seed(0)
+    ghost = _model("norm=ghost", "norm.ghost_batch_size=4", "model.depth=2", "model.width=8")
+    plain = _model("norm=bnlab", "model.depth=2", "model.width=8")
+    plain.load_state_dict(ghost.state_dict())
+    x = torch.randn(16, 64)
+    assert not torch.allclose(ghost(x), plain(x))
+    plain.load_state_dict(ghost.state_dict())  # the same running estimates ...
+    ghost.eval()
+    plain.eval()  # ... and eval mode normalizes with them alone
+    assert torch.equal(ghost(x), plain(x))
