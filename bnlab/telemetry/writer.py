@@ -29,6 +29,8 @@ PROFILE_CHARTS = dict(zip(PROFILE_TAGS, (
     "log10 of the first/last hidden-layer gradient ratio (0: no vanishing; -6: a millionth reaches the input)",
     "gradient growth per layer toward the input (1: level; below 1: vanishing; above 1: exploding)"),
     strict=True))
+# The HParams columns TensorBoard shows by default (its first five flagged ones): what the claim varies.
+SHOWN_FIRST = ("model.activation", "model.depth", "model.init", "norm.name", "train.seed")
 # Custom-scalars categories in this order (any other just before `act`): the decade-spanning families on a log10 scale
 # first, where 20 layers over 17 orders of magnitude still read as 20 lines.
 CATEGORY_ORDER = (PROFILE_CATEGORY, "log10", "grad_norm", "update_ratio", "weight_norm", "preact", "act")
@@ -97,13 +99,15 @@ class RunWriter:
         Every run declares the same columns in the same order: TensorBoard's HParams view takes its columns
         from one run's declaration, so runs that declared different ones changed the table between launches.
         Integers are written as text ('64', not TensorBoard's '64.000'), booleans as booleans, None as 'none'.
+        The claim's axes (`SHOWN_FIRST`) are flagged `differs` in every run alike: TensorBoard puts flagged
+        columns first and shows the first five by default, which would otherwise be data.batch_size ... data.root.
         """
         from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
         infos, values = [], {}
         for name, value in sorted(flatten(config).items()):
             kind, values[name] = _hparam_value(value)
-            info = api_pb2.HParamInfo(name=name, type=kind)
+            info = api_pb2.HParamInfo(name=name, type=kind, differs=name in SHOWN_FIRST)
             if kind == api_pb2.DATA_TYPE_BOOL:
                 info.domain_discrete.extend([False, True])
             infos.append(info)

@@ -28,7 +28,7 @@ from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
 from bnlab.telemetry.writer import RunWriter
 from bnlab.train import checkpoint, summary
-from bnlab.train.card import run_card
+from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
 
 log = logging.getLogger("bnlab.train.loop")
@@ -170,7 +170,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
             checkpoint.set_rng_state(state["rng"])
             record["diverged_at"], record["skipped_steps"] = state["diverged_at"], state["skipped_steps"]
         else:
-            writer.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
+            writer.text("config", config_text(record["config"]))
             writer.hparams_start({k: v for k, v in record["config"].items() if k != "resume"}, list(HPARAM_METRICS))
         record["steps"] = start
         log.info("%s %s at step %d of %d on %s; overrides: %s", "resuming" if state else "starting", run_dir, start,

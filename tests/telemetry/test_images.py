@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from bnlab.analysis.readback import event_files, load_run
 from bnlab.config.launch import plan, run_hydra
 from bnlab.telemetry.images import ImageLog, image_interval
-from bnlab.train.card import run_card
+from bnlab.train.card import config_text, run_card
 
 STEPS = 50
 IMAGE_TAGS = ("profile/gradients", "profile/activations", "figure1/last_hidden")
@@ -194,3 +194,49 @@ def test_a_drawing_process_draws_its_tags_at_the_lowest_priority():
     finally:
         drawer._process.stdin.close()
         drawer._process.wait(timeout=30)
+
+
+def test_config_text_is_the_whole_config_one_line_a_section():
+    import yaml
+
+    config = {"model": {"name": "mlp", "depth": 20, "init_std": 0.1}, "optim": {"grad_clip": None, "lr": 1e-05},
+              "resume": None}
+    text = config_text(config)
+    assert text.startswith("```yaml\n") and text.endswith("```")
+    body = text.removeprefix("```yaml\n").removesuffix("```")
+    assert yaml.safe_load(body) == config and len(body.strip().splitlines()) == len(config)
+
+
+def test_step_0_is_dashed_and_drawn_on_top_of_the_solid_end_in_every_profile_figure():
+    from bnlab.telemetry import plots
+
+    same = [1.0, 0.5, 0.25]  # BatchNorm's profile often ends where it began: the two lines coincide
+    figures = [plots.profiles_figure([plots.ProfileLine(same, None, "C0", initial=True),
+                                      plots.ProfileLine(same, "end", "C0")], "g", "t"),
+               plots.gradient_figure([plots.ProfileLine(same, "step 0", "C0", initial=True),
+                                      plots.ProfileLine(same, "step 9", "C0")],
+                                     [plots.ProfileLine(same, "step 0", "C1", initial=True),
+                                      plots.ProfileLine(same, "step 9", "C1")], "t")]
+    for figure in figures:
+        for ax in figure.axes:
+            step0, end = ax.lines
+            assert step0.get_linestyle() == "--" and end.get_linestyle() == "-"
+            assert step0.get_zorder() > end.get_zorder()  # the dashes stay visible over the end line
+            assert end.get_linewidth() > step0.get_linewidth()  # and the end line shows around them
+            assert step0.get_color() == end.get_color()
+
+
+def test_a_figure_with_nothing_to_show_says_so():
+    from bnlab.telemetry import plots
+
+    empty = plots.heatmaps_figure([("norm=bnlab", [0, 10], [[0.0, 0.0], [0.0, 0.0]]),
+                                   ("norm=none", [0, 10], [[0.0, 0.5], [0.0, 0.0]])], "saturated", "t")
+    texts = [[text.get_text() for text in ax.texts] for ax in empty.axes[:2]]
+    assert any("no unit saturated" in text for text in texts[0]) and not texts[1]
+    flat = plots.activation_figure([-1, -1], [0, 0], [1, 1], [0.0, 0.0], "t")
+    assert any("no unit saturated" in text.get_text() for text in flat.axes[1].texts)
+    some = plots.activation_figure([-1, -1], [0, 0], [1, 1], [0.0, 0.3], "t")
+    assert not some.axes[1].texts
+    band = plots.bands_figure([plots.Band("a", [], [], [], []), plots.Band("b", [0], [-1], [0], [1])], "t")
+    assert any("no preactivation record" in text.get_text() for text in band.axes[0].texts)
+    assert not band.axes[1].texts
