@@ -180,7 +180,7 @@ def print_table(console: Console, headers: list[str], rows: list[list[str]], *, 
 
 def _widths(headers: list[str], rows: list[list[str]], room: int) -> list[int] | None:
     """Column widths that add up to at most `room`: each column its longest word at least, then the spare
-    room shared out among the columns whose text is wider; None when the words alone do not fit."""
+    room shared out among the columns whose text is longer; None when the words alone do not fit."""
     from rich.cells import cell_len
 
     columns = list(zip(headers, *rows, strict=True))
@@ -190,14 +190,20 @@ def _widths(headers: list[str], rows: list[list[str]], room: int) -> list[int] |
     spare = room - sum(shortest)
     if spare < 0:
         return None
+    # the spare room in proportion to each column's amount of text, none beyond its longest line: the
+    # columns that say the most wrap the least
+    amount = [sum(cell_len(line) for line in column) for column in lines]
     widths = list(shortest)
-    while spare > 0 and any(w < n for w, n in zip(widths, natural, strict=True)):
-        wanting = [i for i, (w, n) in enumerate(zip(widths, natural, strict=True)) if w < n]
-        share = max(spare // len(wanting), 1)
-        for i in wanting:
-            given = min(share, natural[i] - widths[i], spare)
-            widths[i] += given
-            spare -= given
+    wanting = [i for i in range(len(widths)) if widths[i] < natural[i]]
+    while spare > 0 and wanting:
+        total = sum(amount[i] for i in wanting) or 1
+        gains = {i: min(max(spare * amount[i] // total, 0), natural[i] - widths[i]) for i in wanting}
+        if not any(gains.values()):
+            gains = {max(wanting, key=lambda i: amount[i]): 1}
+        for i, gain in gains.items():
+            widths[i] += gain
+            spare -= gain
+        wanting = [i for i in wanting if widths[i] < natural[i]]
     return widths
 
 
