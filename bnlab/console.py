@@ -49,7 +49,8 @@ def train(console: Console, errors: Console, launch) -> int:
         if sweep is not None:
             sweep.stop()
         done = [result for result in app.RESULTS if hasattr(result, "run_dir")]
-        return print_interrupted(console, errors, launch.sweep_dir or launch.run_dir, done[-1:])
+        return print_interrupted(console, errors, launch.sweep_dir or launch.run_dir, done[-1:],
+                                 "sweep" if launch.multirun else "run")
     if sweep is not None:
         sweep.stop()
     if launch.inspect_only:
@@ -78,12 +79,13 @@ def print_run_result(console: Console, errors: Console, result) -> int:
     return EXIT_CODES.get(record["status"], 1)
 
 
-def print_interrupted(console: Console, errors: Console, directory: Path | None, results: list) -> int:
-    """Where the stopped run or sweep is, and the exact command that continues it; exit code 130."""
+def print_interrupted(console: Console, errors: Console, directory: Path | None, results: list,
+                      kind: str = "run") -> int:
+    """Where the stopped run or sweep (`kind`) is, and the exact command that continues it; exit code 130."""
     at = f" after {results[-1].steps} steps" if results else ""
     errors.print(f"[yellow]interrupted[/]{at}; the last checkpoint is kept", highlight=False)
     if directory is not None:
-        console.print(f"run directory: [bold]{escape(str(directory))}[/]", highlight=False, soft_wrap=True)
+        console.print(f"{kind} directory: [bold]{escape(str(directory))}[/]", highlight=False, soft_wrap=True)
         console.print(f"continue it: [bold]bnlab train resume={escape(str(directory))}[/]", highlight=False,
                       soft_wrap=True)
     return 130
