@@ -27,8 +27,17 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from bnlab import __version__
+
+        print(f"bnlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _terminal() -> None:
+def _terminal(version: Annotated[bool, typer.Option(
+        "--version", help="Print bnlab's version and exit.", is_eager=True, callback=_print_version)] = False) -> None:
     """A laboratory for the claim that Batch Normalization overcomes vanishing gradients."""
     # each invocation reads the terminal's width as it is now (an app invoked twice in one process, as tests do)
     global console, errors
@@ -53,7 +62,17 @@ def _guarded(action: Callable[[], int | None]) -> None:
     raise typer.Exit(code)
 
 
-@app.command(context_settings=HYDRA_ARGS)
+class _ConfigKeysHelp(typer.core.TyperCommand):
+    """A command whose --help ends with every config key, read from the schema only when help is asked for."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from bnlab.console import config_keys_help
+
+        self.help = f"{self.help}\n\n{config_keys_help()}"
+        super().format_help(ctx, formatter)
+
+
+@app.command(context_settings=HYDRA_ARGS, cls=_ConfigKeysHelp)
 def train(ctx: typer.Context) -> None:
     """Train a deep MLP or CNN with or without BatchNorm; every argument is a Hydra override.
 
@@ -62,23 +81,13 @@ def train(ctx: typer.Context) -> None:
     [bold]bnlab train -m norm=none,bnlab train.seed=0,1,2[/] (a sweep),
     [bold]bnlab train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 ...[/] (in parallel),
     [bold]bnlab train resume=RUN_OR_SWEEP_DIR[/], [bold]bnlab train --cfg job[/], [bold]bnlab train --hydra-help[/].
-    Keys: model.{depth,width,activation,init,residual}, norm.{eps,momentum,position},
-    data.{batch_size,root,download}, optim.{lr,momentum,weight_decay,l1,grad_clip},
-    train.{steps,seed,device,eval_every,checkpoint_every,on_divergence},
-    log.{enabled,every,hist_every,image_every}.
     """
 
     def action() -> int:
-        from bnlab.config.launch import plan, run_hydra
-        from bnlab.console import print_run_result, print_sweep
+        from bnlab import console as terminal
+        from bnlab.config.launch import plan
 
-        launch = plan(ctx.args)
-        results = run_hydra(launch)
-        if launch.inspect_only:
-            return 0
-        if launch.multirun:
-            return print_sweep(console, launch.sweep_dir)
-        return print_run_result(console, errors, results[-1]) if results else 1
+        return terminal.train(console, errors, plan(ctx.args))
 
     _guarded(action)
 
@@ -114,18 +123,10 @@ def report(
     """
 
     def action() -> None:
-        from bnlab.analysis.report import build_report, headline, rich_tables
+        from bnlab.analysis.report import build_report
+        from bnlab.console import print_report
 
-        result = build_report(paths, out=out, layer=layer)
-        console.print(headline(result), highlight=False)
-        for table in rich_tables(result):
-            console.print(table)
-        for note in result.notes:
-            console.print(f"[yellow]not completed:[/] {note}", highlight=False, soft_wrap=True)
-        for warning in result.warnings:
-            errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        console.print(f"wrote [bold]{result.markdown}[/] and {len(result.figures)} figures to "
-                      f"{result.out_dir}", highlight=False)
+        print_report(console, errors, build_report(paths, out=out, layer=layer))
 
     _guarded(action)
 
@@ -154,28 +155,19 @@ def reproduce(
         from bnlab.errors import ConfigError
 
         if list_:
-            from bnlab.experiments.reproduce import list_table
+            from bnlab.console import print_experiments
 
-            console.print(list_table())
+            print_experiments(console)
             return 0
         if name is None:
             from bnlab.experiments.catalog import EXPERIMENTS
 
             raise ConfigError(f"name an experiment: bnlab reproduce NAME, one of {', '.join(EXPERIMENTS)} "
                               "(bnlab reproduce --list describes them)")
+        from bnlab.console import print_reproduction
         from bnlab.experiments.reproduce import reproduce as run_experiment
-        from bnlab.experiments.reproduce import rich_table
 
-        result = run_experiment(name, list(ctx.args), quick=quick, out=out)
-        console.print(rich_table(result))
-        for note in result.not_completed:
-            console.print(f"[yellow]not completed:[/] {note}", highlight=False, soft_wrap=True)
-        for warning in result.warnings:
-            errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        console.print(f"wrote [bold]{result.markdown}[/] and {len(result.figures)} figures "
-                      f"({result.seconds:.0f} s to plan and run)", highlight=False, soft_wrap=True)
-        console.print(f"look deeper: [bold]bnlab tb {result.directory}[/]", highlight=False, soft_wrap=True)
-        return 1 if any(run.status == "failed" for run in result.runs) else 0
+        return print_reproduction(console, errors, run_experiment(name, list(ctx.args), quick=quick, out=out))
 
     _guarded(action)
 
@@ -187,9 +179,10 @@ def runs(
     """List the runs under ROOT (default: runs/), newest first: when, what, status, steps, final metrics."""
 
     def action() -> None:
-        from bnlab.analysis.runs import list_runs, runs_table
+        from bnlab.analysis.runs import list_runs
+        from bnlab.console import print_runs
 
-        console.print(runs_table(list_runs(root), root))
+        print_runs(console, list_runs(root), root)
 
     _guarded(action)
 

@@ -25,3 +25,21 @@ def stat(value, spec: str = ".3g", runs: int | None = None) -> str:
     if value.low is not None:
         text += f" ×/÷ {value.factor:.3g}" if value.geometric else f" ± {value.half_width:.2g}"
     return text + (f" (n={value.n})" if runs is not None and value.n < runs else "")
+
+
+def rounded(value, spec: str = ".4g") -> str:
+    """A number as a person reads it on a card or in a table: `spec` digits, `n/a` for None, NaN and infinities."""
+    return number(value, spec, "n/a")
+
+
+def duration(seconds: float) -> str:
+    """Elapsed or remaining time: '42 s', '3 min 05 s', '1 h 02 min'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+

@@ -2,11 +2,15 @@
 
 Usage: .venv/bin/python scripts/tb_snapshot.py RUNS_DIR [--out docs/images] [--wait-ms 20000]
                                                 [--views images custom_scalars hparams] [--image-filter REGEX]
-                                                [--scale 1]
+                                                [--scale 1] [--prefix tensorboard]
 
 Starts TensorBoard on RUNS_DIR at a free port on 127.0.0.1 (bnlab.analysis.tensorboard), opens each view
-in headless Chromium (Debian's `chromium` package), writes tensorboard_<view>.png to
+in headless Chromium (Debian's `chromium` package), writes <prefix>_<view>.png to
 --out, and stops TensorBoard. Exit code 2 when Chromium is not installed.
+
+The README's screenshots come from the default pair (`make pair`: runs/train), a 2x2 sweep
+(`bnlab train -m norm=none,bnlab train.seed=0,1 train.steps=200 log.every=10`) and its report's seed bands
+(`bnlab report SWEEP`, then this script on SWEEP/seed_bands with --views custom_scalars).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--hide-scrollbars", "--window-size=1400,1000"]
 # TensorBoard's dashboards are named in the URL fragment (#images, #custom_scalars, #hparams), and some of
 # their settings follow it (&tagFilter=REGEX); the query darkMode=false keeps the screenshots light.
-VIEWS = ("images", "custom_scalars", "hparams")
+VIEWS = ("images", "custom_scalars", "hparams", "text")
 
 
 def find_chromium() -> str | None:
@@ -51,10 +55,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, help="a runs folder, sweep or run directory")
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="where the PNGs go")
-    parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    parser.add_argument("--views", nargs="+", default=list(VIEWS[:3]), choices=VIEWS)
     parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time each page gets to render")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="device pixels per CSS pixel: 2 shows TensorBoard's half-size images at full size")
+    parser.add_argument("--prefix", default="tensorboard", help="the PNGs' names: PREFIX_VIEW.png")
     parser.add_argument("--image-filter", default="gradients",
                         help="tag regex for the Images view: matching images come first ('' for none)")
     args = parser.parse_args()
@@ -73,7 +78,7 @@ def main() -> int:
         return 1
     try:
         for view in args.views:
-            path = args.out.resolve() / f"tensorboard_{view}.png"
+            path = args.out.resolve() / f"{args.prefix}_{view}.png"
             fragment = view
             if view == "images" and args.image_filter:
                 fragment += "&tagFilter=" + urllib.parse.quote(args.image_filter, safe="")

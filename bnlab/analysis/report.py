@@ -4,6 +4,11 @@
 configurations (bnlab.analysis.aggregate), writes report.md and the PNG figures, and returns a
 `Report`; the CLI prints it. Runs that did not complete are reported as such; a
 damaged run is skipped with a warning.
+
+It also writes the seed bands back as TensorBoard data, which TensorBoard cannot draw from the runs
+themselves: under `<out>/seed_bands/`, a run per configuration holding, for each of `BAND_TAGS` at
+each step, the mean across seeds and its 95 % interval (`band/<tag>/mean`, `/low`, `/high`), and a
+custom-scalars margin chart per tag, so a sweep's arms compare as bands rather than as a line per seed.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from datetime import datetime
 from pathlib import Path
 
 from bnlab import formatting
-from bnlab.analysis.aggregate import Configuration, configurations, geometric_mean_profile, mean_series
+from bnlab.analysis.aggregate import (
+    Configuration,
+    Stat,
+    configurations,
+    geometric_mean_profile,
+    mean_interval,
+    mean_series,
+)
 from bnlab.analysis.readback import RunData, load_runs
 from bnlab.errors import BnlabError, ConfigError, RunFileError
 from bnlab.telemetry import plots
@@ -35,6 +47,12 @@ TABLES = (
       ("growth/layer, init", "growth_factor/init", ".3g"),
       ("growth/layer, end", "growth_factor/final", ".3g"))),
 )
+BANDS_DIR = "seed_bands"
+# (tag, chart title): the ratio in log10, so its band is the geometric mean's interval, as in the tables
+BAND_TAGS = (("profile/log10_grad_ratio_first_last", "log10 first/last hidden-layer gradient ratio"),
+             ("profile/growth_factor", "gradient growth per layer toward the input"),
+             ("acc/test", "test accuracy"), ("loss/train", "training loss"), ("loss/test", "test loss"))
+BANDS_CATEGORY = "seed bands: mean and 95% interval across seeds, one band per configuration"
 NOT_DONE = {"running": "unfinished (status running: still training, or its process was killed)",
             "interrupted": "interrupted", "diverged": "diverged", "failed": "failed"}
 
@@ -45,6 +63,7 @@ class Report:
     markdown: Path
     configurations: list[Configuration]
     figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG path
+    bands: Path | None = None  # the TensorBoard runs of the seed bands
     captions: dict[str, str] = field(default_factory=dict)  # name -> what the figure shows
     notes: list[str] = field(default_factory=list)  # runs that did not complete, said plainly
     warnings: list[str] = field(default_factory=list)  # damaged runs skipped, missing layers
@@ -95,6 +114,7 @@ def build_report(paths, out=None, layer: str | None = None) -> Report:
     report = Report(out_dir, out_dir / "report.md", configs, notes=[_note(run) for run in runs if _note(run)],
                     warnings=warnings)
     _write_figures(report, layer)
+    report.bands = write_bands(report)
     report.markdown.write_text(markdown(report, paths))
     return report
 
@@ -127,6 +147,10 @@ def markdown(report: Report, inputs: list[Path]) -> str:
     lines += ["", "## Settings", "", "Configurations (their overrides, seed excluded): " + "; ".join(
         f"`{config.label}`" for config in report.configurations) + ".", "",
         "Shared by every run: " + ", ".join(f"`{k}={v}`" for k, v in _shared_settings(report).items()) + "."]
+    if report.bands is not None:
+        lines += ["", "## Seed bands in TensorBoard", "", f"`bnlab tb {report.out_dir}`, tab Custom Scalars: each "
+                  f"configuration's mean across seeds and its 95% interval over training, as a band (runs "
+                  f"`{BANDS_DIR}/...`)."]
     lines += ["", "## Figures", ""]
     for name, path in report.figures.items():
         relative = os.path.relpath(path, report.out_dir)
@@ -142,29 +166,6 @@ def headline(report: Report) -> str:
             " · each cell: mean ± 95% CI across seeds (ratios and growth: geometric mean ×/÷ factor)")
 
 
-def rich_tables(report: Report) -> list:
-    """The report's tables as rich Tables for the terminal, the status cell coloured by the worst outcome."""
-    from rich.table import Table
-
-    styles = {"completed": "green", "running": "cyan", "diverged": "yellow", "interrupted": "yellow",
-              "failed": "red"}
-    result = []
-    for title, headers, rows in report.tables:
-        table = Table(title=title, title_justify="left")
-        for header in headers:
-            table.add_column(header, justify="left" if header in ("configuration", "status") else "right",
-                             overflow="fold")
-        for config, row in zip(report.configurations, rows, strict=True):
-            if "status" in headers:
-                worst = next((status for status in ("failed", "diverged", "interrupted", "running")
-                              if config.statuses[status]), "completed")
-                index = headers.index("status")
-                row = [*row[:index], f"[{styles[worst]}]{row[index]}[/]", *row[index + 1:]]
-            table.add_row(*row)
-        result.append(table)
-    return result
-
-
 def _write_figures(report: Report, layer: str | None) -> None:
     """The four figures, each drawn by bnlab.telemetry.plots from the configurations' seed means."""
     configs, label = report.configurations, report.short_label
@@ -174,7 +175,7 @@ def _write_figures(report: Report, layer: str | None) -> None:
     for config in configs:
         init = geometric_mean_profile(config.used, "grad_norm/output", 0)
         end = geometric_mean_profile(config.used, "grad_norm/output")
-        lines += [plots.ProfileLine(init, None, colors[config.label], "--", 0.6),
+        lines += [plots.ProfileLine(init, None, colors[config.label], initial=True),
                   plots.ProfileLine(end, label(config), colors[config.label])]
     title = "gradient across depth · dashed: initialization (step 0), solid: end"
     _save(report, "gradients_by_depth", plots.profiles_figure(lines, "‖∂L/∂(layer output)‖", title),
@@ -211,6 +212,47 @@ def _write_figures(report: Report, layer: str | None) -> None:
     figure = plots.heatmaps_figure(panels, "saturated fraction", "saturated units per layer")
     _save(report, "saturation", figure,
           "Fraction of saturated units per hidden layer over training (mean over seeds)")
+
+
+def band_series(runs: list[RunData], tag: str) -> list[tuple[int, Stat]]:
+    """`tag` at each step: the mean across `runs` and its 95% interval (none for one run)."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, value in run.series(tag):
+            by_step.setdefault(step, []).append(value)
+    return [(step, stat) for step, values in sorted(by_step.items()) if (stat := mean_interval(values))]
+
+
+def write_bands(report: Report) -> Path | None:
+    """The seed bands as TensorBoard runs under `<out>/seed_bands/`, one per configuration (see the module)."""
+    from bnlab.telemetry.writer import RunWriter
+
+    root = report.out_dir / BANDS_DIR
+    for stale in root.glob("*/events.out.tfevents.*"):  # this report's own earlier output
+        stale.unlink()
+    charts = {title: tuple(f"band/{tag}/{part}" for part in ("mean", "low", "high")) for tag, title in BAND_TAGS}
+    written = False
+    for config in report.configurations:
+        steps: dict[int, dict[str, float]] = {}
+        for tag, _ in BAND_TAGS:
+            for step, stat in band_series(config.used, tag):
+                low, high = (stat.mean, stat.mean) if stat.low is None else (stat.low, stat.high)
+                steps.setdefault(step, {}).update(
+                    {f"band/{tag}/mean": stat.mean, f"band/{tag}/low": low, f"band/{tag}/high": high})
+        if not steps:
+            continue
+        writer = RunWriter(root / _run_name(report.short_label(config)))
+        for step, values in sorted(steps.items()):
+            writer.scalars(step, values)
+        writer.bands_layout(BANDS_CATEGORY, charts)
+        writer.close()
+        written = True
+    return root if written else None
+
+
+def _run_name(label: str) -> str:
+    """A configuration's label as one directory name: TensorBoard's name of its band run."""
+    return label.replace("/", "_").replace(" ", ",")
 
 
 def _save(report: Report, name: str, figure, caption: str) -> None:

@@ -6,8 +6,6 @@ error instead of stopping the listing: one broken run never hides the others.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,51 +64,6 @@ def find_runs(*roots: Path) -> list[RunInfo]:
 def list_runs(root: Path) -> list[RunInfo]:
     """The runs at or under `root`, newest start first (damaged ones by their directory's time)."""
     return sorted(find_runs(root), key=lambda run: run.started, reverse=True)
-
-
-def runs_table(runs: list[RunInfo], root: Path):
-    """A rich Table of `runs`: when, what (overrides), status, steps and final metrics."""
-    from rich.table import Table
-
-    styles = {"completed": "green", "diverged": "yellow", "interrupted": "yellow", "failed": "red",
-              "running": "cyan", "damaged": "red"}
-    table = Table(title=f"{len(runs)} runs under {root}, newest first", title_justify="left")
-    table.add_column("started", no_wrap=True)
-    table.add_column("run: overrides\n(directory)", overflow="fold", min_width=16)
-    table.add_column("status\n(steps)", overflow="fold", min_width=9)
-    for column in ("loss", "acc", "grad ratio first/last: init → end"):
-        table.add_column(column, justify="right")
-    for run in runs:
-        metrics, figures = run.summary.get("metrics") or {}, run.summary.get("figures") or {}
-        status = run.status if run.error is None else f"damaged: {run.error}"
-        # A running run's summary.json still holds its start: how far it got is in its event files.
-        done = "?" if run.status == "running" else run.summary.get("steps", "-")
-        steps = f"\n{done}/{run.summary.get('total_steps', '-')}" if run.summary else ""
-        overrides = " ".join(o for o in run.overrides if not o.startswith("hydra")) or "(defaults)"
-        ratio = (f"{_number(figures.get('grad_ratio_first_last/init'), '.1e')} → "
-                 f"{_number(figures.get('grad_ratio_first_last/final'), '.1e')}") if figures else "-"
-        what = f"{overrides if run.summary else '-'}\n[dim]{_short_path(run.path, root)}[/]"
-        table.add_row(f"{run.started:%m-%d %H:%M}", what,
-                      f"[{styles.get(run.status, 'white')}]{status}[/]{steps}",
-                      _number(metrics.get("loss/train"), ".3g"), _number(metrics.get("acc/test"), ".3f"),
-                      ratio)
-    return table
-
-
-def _short_path(path: Path, root: Path) -> str:
-    """The run's path under `root`; a sweep job's directory by its number (its name repeats the overrides)."""
-    try:
-        text = str(path.relative_to(Path(root).resolve())) if path != Path(root).resolve() else path.name
-    except ValueError:
-        text = str(path)
-    job = re.match(r"^(\d+)_.", path.name)
-    return text[: len(text) - len(path.name)] + f"{job[1]}_…" if job else text
-
-
-def _number(value, spec: str) -> str:
-    if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
 
 
 def _read(run_dir: Path) -> RunInfo:

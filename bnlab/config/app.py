@@ -23,6 +23,7 @@ from bnlab.errors import BnlabError
 
 CONFIG_DIR = importlib.util.find_spec("bnlab.conf").submodule_search_locations[0]
 RESULTS: list = []  # RunResult of each job run in this process, or the BnlabError that kept it from running
+SWEEP_PROGRESS = None  # a sweep's one line (bnlab.train.progress.SweepProgress), set by launch.run_hydra
 
 register_schema()
 # A short random token in directory names keeps runs started in the same second apart.
@@ -31,7 +32,7 @@ OmegaConf.register_new_resolver("bnlab_uid", lambda: secrets.token_hex(3), use_c
 
 def job_dirname(overrides: str, limit: int = 120) -> str:
     """Hydra's override_dirname made safe as one path component: no '/', and at most `limit` characters."""
-    name = overrides.replace("/", "_").replace(" ", "") or "defaults"
+    name = overrides.replace("/", "_").replace(" ", "") or "default"
     if len(name) > limit:
         name = name[:limit - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
@@ -51,9 +52,13 @@ def main(cfg) -> str:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
     single = hydra_cfg.mode == RunMode.RUN
-    label = "train" if single else f"job {hydra_cfg.job.num}"
-    progress = RichProgress(label) if single or hydra_cfg.launcher.get("_target_", "").endswith("BasicLauncher") \
-        else None
+    in_process = hydra_cfg.launcher.get("_target_", "").endswith("BasicLauncher")  # not joblib's workers
+    if single:
+        progress = RichProgress("train")
+    elif in_process and SWEEP_PROGRESS is not None:
+        progress = SWEEP_PROGRESS.job(overrides)
+    else:
+        progress = RichProgress(f"job {hydra_cfg.job.num}") if in_process else None
     images = ImageLog(cfg) if cfg.log.enabled and cfg.log.images else None
     try:
         result = train(cfg, run_dir, overrides, progress=progress, images=images)

@@ -31,10 +31,13 @@ class Launch:
     multirun: bool
     sweep_dir: Path | None
     inspect_only: bool
+    jobs: int = 1  # how many runs it starts (a sweep: the product of its axes' lengths)
+    run_dir: Path | None = None  # a single run's directory, fixed in advance as a sweep's is
+    axes: tuple[str, ...] = ()  # the keys a sweep varies
 
 
 def plan(args: list[str]) -> Launch:
-    """Expand resume, validate every sweep point, and fix the sweep directory in advance."""
+    """Expand resume, validate every sweep point, and fix the run or sweep directory in advance."""
     args = list(args)
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
@@ -43,38 +46,55 @@ def plan(args: list[str]) -> Launch:
         args, overrides, flags = _resume_args(resume[-1].split("=", 1)[1], overrides, flags)
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     inspect_only = any(flag.split("=")[0] in INSPECT_FLAGS for flag in flags)
-    sweep_dir = None
+    sweep_dir, run_dir, jobs, axes = None, None, 1, ()
     if not inspect_only:
-        check_overrides(overrides)
-        if multirun:
+        jobs, axes, cfg = _check(overrides)
+        if not multirun:
+            given = [o for o in overrides if o.startswith("hydra.run.dir=")]
+            run_dir = Path(_parse(given[-1:])[0].value() if given else _run_dir(cfg))
+            if not given:
+                args.append(f"hydra.run.dir={quoted(run_dir)}")
+        else:
             given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
             if given:
-                sweep_dir = Path(given[-1].split("=", 1)[1])
+                sweep_dir = Path(_parse(given[-1:])[0].value())
             else:
                 sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
                 args.append(f"hydra.sweep.dir={sweep_dir}")
-    return Launch(args, multirun, sweep_dir, inspect_only)
+    return Launch(args, multirun, sweep_dir, inspect_only, jobs if multirun else 1, run_dir, axes)
 
 
-def run_hydra(launch: Launch) -> list:
-    """Run the Hydra app with `launch.args` as its command line; return this process's RunResults."""
+def run_hydra(launch: Launch, progress=None) -> list:
+    """Run the Hydra app with `launch.args` as its command line; return this process's RunResults.
+
+    `progress`: a `bnlab.train.progress.SweepProgress` that a sweep's jobs report to (one line for all)."""
     from bnlab.config import app as train_app
 
     train_app.RESULTS.clear()
     saved = sys.argv
     sys.argv = ["bnlab train", *launch.args]
+    train_app.SWEEP_PROGRESS = progress
+    if progress is not None:
+        progress.swept = set(launch.axes)
     try:
         train_app.main()
     finally:
         sys.argv = saved
+        train_app.SWEEP_PROGRESS = None
     errors = [r for r in train_app.RESULTS if isinstance(r, BnlabError)]
     if errors and not launch.multirun:
         raise errors[0]
     return [r for r in train_app.RESULTS if not isinstance(r, BnlabError)]
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate the config at every value of every sweep axis.
+def check_overrides(overrides: list[str]) -> int:
+    """Compose and validate the config at every value of every sweep axis; return the number of jobs."""
+    return _check(overrides)[0]
+
+
+def _check(overrides: list[str]):
+    """(the number of jobs, the keys swept, the first job's config with its `hydra` node), after checking every
+    sweep point.
 
     The axes are the command line's and those an experiment config defines in `hydra.sweeper.params`
     (e.g. `experiment=vanishing`), except where the command line gives the same key: it takes precedence,
@@ -97,9 +117,19 @@ def check_overrides(overrides: list[str]) -> None:
             values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
                 override.get_value_element_as_str()]
             axes.append((len(base), key, values))
+    jobs = 1
     for index, key, values in axes:
         for value in values:
             compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:])
+        jobs *= len(values) + (index < len(base))  # a command-line axis's first value is in `base`
+    return jobs, tuple(key for _, key, _ in axes), cfg
+
+
+def _run_dir(cfg) -> str:
+    """The directory Hydra would make for this single run (configs/train.yaml: hydra.run.dir), resolved now."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.select(cfg, "hydra.run.dir"))
 
 
 def _parse(overrides: list[str]) -> list:
@@ -145,10 +175,12 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False):
     finally:
         GlobalHydra.instance().clear()
     validate(cfg)
-    from bnlab.data.datasets import check_available
-    from bnlab.train.loop import resolve_device
+    from bnlab.data.downloads import check_available
 
-    resolve_device(cfg.train.device)
+    if cfg.train.device == "cuda":  # the one device to check, and the check that needs torch (1-2 s to import)
+        from bnlab.train.loop import resolve_device
+
+        resolve_device(cfg.train.device)
     check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
     return cfg
 
@@ -163,15 +195,20 @@ def _resume_args(target: str, overrides: list[str], flags: list[str]):
     if (path / "multirun.yaml").is_file():
         recorded = _read_yaml(path / "multirun.yaml")
         task = [o for o in recorded["hydra"]["overrides"]["task"] if not o.startswith(("resume=", "hydra.sweep.dir="))]
-        task += [f"hydra.sweep.dir={path}", f"resume={path}"]
+        task += [f"hydra.sweep.dir={quoted(path)}", f"resume={quoted(path)}"]
         return ["-m", *task], task, ["-m"]
     if (path / ".hydra" / "overrides.yaml").is_file():
         recorded = _read_yaml(path / ".hydra" / "overrides.yaml")
         task = [o for o in recorded if not o.startswith(("resume=", "hydra.run.dir="))]
-        task += [f"hydra.run.dir={path}", f"resume={path}"]
+        task += [f"hydra.run.dir={quoted(path)}", f"resume={quoted(path)}"]
         return task, task, []
     raise ConfigError(f"resume={target}: not a bnlab run or sweep directory (no .hydra/overrides.yaml or "
                       "multirun.yaml there); pass a directory under runs/ (see `bnlab runs`)")
+
+
+def quoted(path: Path) -> str:
+    """`path` as a Hydra override value: quoted, since run directories hold '=' and ',' (norm=none,...)."""
+    return "'" + str(path).replace("'", "\\'") + "'"
 
 
 def _read_yaml(path: Path):

@@ -293,13 +293,3 @@ class BatchSampler:
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self.epoch)
-
-
-def check_available(name: str, *, root: str, download: bool) -> None:
-    """Raise DataError now, before any work, if a file-based data set is missing and may not be fetched."""
-    if download:
-        return
-    if name in ("mnist", "fashion_mnist"):
-        downloads.idx_files(name, root, download=False)
-    elif name == "cifar10":
-        downloads.cifar_source(root, download=False)

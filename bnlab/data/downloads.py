@@ -23,11 +23,12 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from bnlab.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 MIRROR_ENV = "BNLAB_DATA_MIRROR"
 
@@ -157,6 +158,8 @@ def cifar_source(root: str | Path, download: bool) -> Path:
 
 def read_idx(path: Path, ndim: int) -> torch.Tensor:
     """An IDX file of unsigned bytes (LeCun's MNIST format) as a uint8 tensor of its stored shape."""
+    import torch  # here, not at the top: checking for files (`check_available`) must not pay for torch
+
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             data = f.read()
@@ -202,6 +205,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _read_batch(f: IO[bytes], where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     try:
         batch = _ArrayUnpickler(f, encoding="bytes").load()
         data, labels = batch.get(b"data", batch.get("data")), batch.get(b"labels", batch.get("labels"))
@@ -219,6 +224,8 @@ def _read_batch(f: IO[bytes], where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def read_cifar(source: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test) from a cifar-10-batches-py folder or the .tar.gz archive."""
+    import torch
+
     batches = []
     if source.is_dir():
         for batch in CIFAR_BATCHES:
@@ -242,3 +249,13 @@ def read_cifar(source: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
             ) from error
     train, test = batches[:-1], batches[-1]
     return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test[0], test[1]
+
+
+def check_available(name: str, *, root: str, download: bool) -> None:
+    """Raise DataError now, before any work, if a file-based data set is missing and may not be fetched."""
+    if download:
+        return
+    if name in ("mnist", "fashion_mnist"):
+        idx_files(name, root, download=False)
+    elif name == "cifar10":
+        cifar_source(root, download=False)

@@ -15,15 +15,17 @@ from bnlab.experiments.verdict import across, final_accuracy, init_figure, selec
 from bnlab.telemetry import plots
 from bnlab.telemetry.figures import UNIT
 
-NORM_STYLE = {"none": "--"}  # no BatchNorm dashed, any BatchNorm solid
+# Dashed means step 0 in every figure (bnlab.telemetry.plots), so the arms differ by colour and, in profiles at
+# step 0, by marker: no BatchNorm x, any BatchNorm o.
+NORM_MARKER = {"none": "x"}
 
 
 def xy_panel(ax, lines: list[tuple[str, list[float], list[float], str, str]], xlabel: str, ylabel: str,
              logx: bool = False, logy: bool = False) -> None:
-    """Lines of (label, x, y, color, linestyle) on one axis."""
+    """Lines of (label, x, y, color, linestyle) on one axis; "--" marks step 0 (plots.line_style)."""
     for label, x, y, color, style in lines:
         y = plots.positive(y) if logy else [math.nan if v is None else v for v in y]
-        ax.plot(x, y, style, color=color, marker="o", markersize=4, label=label)
+        ax.plot(x, y, color=color, marker="o", markersize=4, label=label, **plots.line_style(style == "--"))
     if logx:
         ax.set_xscale("log")
     elif lines:
@@ -58,18 +60,18 @@ def vanishing(parts: dict[str, list[RunData]]):
             label, color = f"{activation}, norm={norm}", f"C{index % 10}"
             index += 1
             at = [select(arm, model__depth=d) for d in depths]
-            gradient.append((f"{label}, init", depths, [_mean(r, ratio, True) for r in at], color, "-"))
-            gradient.append((f"{label}, end", depths, [_mean(r, ratio_end, True) for r in at], color, ":"))
+            gradient.append((f"{label}, init", depths, [_mean(r, ratio, True) for r in at], color, "--"))
+            gradient.append((f"{label}, end", depths, [_mean(r, ratio_end, True) for r in at], color, "-"))
             accuracy.append((label, depths, [_mean(r, final_accuracy) for r in at], color, "-"))
             deepest = select(arm, model__depth=max(depths))
             profiles += [plots.ProfileLine(geometric_mean_profile(deepest, "grad_norm/output", 0), None, color,
-                                           "--", 0.5),
+                                           initial=True),
                          plots.ProfileLine(geometric_mean_profile(deepest, "grad_norm/output"), label, color)]
     xy_panel(left, gradient, "hidden layers (depth)", "‖∂L/∂z‖ first / last hidden layer", logy=True)
     left.axhline(1.0, color="grey", linewidth=0.8)
     xy_panel(right, accuracy, "hidden layers (depth)", "final test accuracy")
     right.set_ylim(0, 1.02)
-    figure.suptitle("gradient ratio first/last hidden layer (solid: initialization, dotted: end of training) "
+    figure.suptitle("gradient ratio first/last hidden layer (dashed: initialization, solid: end of training) "
                     "and final test accuracy, by depth (mean over seeds)", fontsize=10)
     title = f"gradient across the {max(depths)} hidden layers · dashed: step 0, solid: end"
     return [("vanishing_by_depth", "First/last hidden-layer gradient ratio at initialization and at the end, "
@@ -107,7 +109,7 @@ def _init_profiles(runs: list[RunData], key: str, family: str) -> list[plots.Pro
         for norm in values_of(runs, "norm.name"):
             group = select(runs, **{key.replace(".", "__"): value, "norm__name": norm})
             lines.append(plots.ProfileLine(geometric_mean_profile(group, family, 0), f"{value}, norm={norm}",
-                                           f"C{len(lines)}", NORM_STYLE.get(norm, "-")))
+                                           f"C{len(lines)}", initial=True, marker=NORM_MARKER.get(norm, "o")))
     return lines
 
 
@@ -170,7 +172,7 @@ def lr_tolerance(parts: dict[str, list[RunData]]):
         rates = values_of(arm, "optim.lr")
         at = [select(arm, optim__lr=lr) for lr in rates]
         xy_panel(ax, [(f"norm={norm}", rates, [_mean(r, final_accuracy) for r in at], f"C{index}",
-                       NORM_STYLE.get(norm, "-"))], "learning rate", "final test accuracy", logx=True)
+                       "-")], "learning rate", "final test accuracy", logx=True)
         failed = [lr for lr, r in zip(rates, at, strict=True) if any(run.status != "completed" for run in r)]
         ax.plot(failed, [0.02] * len(failed), "x", color=f"C{index}", markersize=9,
                 label=f"norm={norm}: a seed diverged" if failed else None)

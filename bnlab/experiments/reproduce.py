@@ -25,10 +25,10 @@ from bnlab.errors import ConfigError, DataError, RunFileError
 from bnlab.experiments.catalog import Experiment, Part, get
 from bnlab.experiments.verdict import Verdict, cross_check
 from bnlab.telemetry import plots
+from bnlab.train.progress import SweepProgress
 
 ROOT = Path("runs/reproduce")
 RECORD = "reproduce.json"  # what was asked for, so that `judge_directory` can judge the runs again
-OUTCOME_STYLE = {"held": "green", "partly": "yellow", "not held": "red", "not measured": "dim"}
 
 
 @dataclass
@@ -75,8 +75,12 @@ def reproduce(name: str, overrides: list[str] | tuple[str, ...] = (), quick: boo
     result = Reproduction(experiment, directory, quick, overrides, {})
     started = time.monotonic()
     launches = _plan_parts(result)  # everything is checked before the first run starts
-    for launch in launches:
-        run_hydra(launch)
+    progress = SweepProgress(sum(launch.jobs for launch in launches))  # one line for every run of every part
+    try:
+        for launch in launches:
+            run_hydra(launch, progress)
+    finally:
+        progress.stop()
     result.seconds = time.monotonic() - started
     result.directory.mkdir(parents=True, exist_ok=True)
     (result.directory / RECORD).write_text(json.dumps(
@@ -248,32 +252,3 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def rich_table(result: Reproduction):
-    """The verdict table for the terminal."""
-    from rich.table import Table
-
-    table = Table(title=f"bnlab reproduce {result.experiment.name}", title_justify="left", show_lines=True)
-    for header, ratio in (("claim", 3), ("the paper reports", 3), ("this run measured", 5), ("verdict", 1)):
-        table.add_column(header, ratio=ratio, overflow="fold")
-    for claim in result.verdict.claims:
-        style = OUTCOME_STYLE.get(claim.outcome, "white")
-        table.add_row(claim.claim, claim.paper, "\n".join(check.text for check in claim.checks),
-                      f"[bold {style}]{claim.outcome}[/]")
-    return table
-
-
-def list_table():
-    """`bnlab reproduce --list`: each experiment, its paper, its claim and its expected run times."""
-    from rich.table import Table
-
-    from bnlab.experiments.catalog import EXPERIMENTS
-
-    table = Table(title="bnlab reproduce NAME [--quick] [OVERRIDES...]", title_justify="left", show_lines=True)
-    for header in ("name", "paper", "claim", "full size, 2-core CPU", "--quick"):
-        table.add_column(header, overflow="fold")
-    for experiment in EXPERIMENTS.values():
-        table.add_row(f"[bold]{experiment.name}[/]", experiment.paper, experiment.claim,
-                      f"~{experiment.minutes:g} min", f"~{experiment.quick_seconds:g} s")
-    return table

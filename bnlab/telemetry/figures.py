@@ -9,6 +9,11 @@ sum it up:
   layer index, i.e. the factor the back-propagated gradient is multiplied by per layer
   toward the input (< 1 vanishing, > 1 exploding; Yang et al. 2019 predict about
   sqrt(pi / (pi - 1)) = 1.21 for BatchNorm with ReLU).
+
+`derived_scalars` turns a logged step's values into the scalars TensorBoard charts best: the two
+figures at that step (`PROFILE_TAGS`: one number per run, so a sweep draws one line per run) and the
+log10 of each per-layer quantity that spans decades (`log10/<family>/layerNN`, so 20 layers over 17
+orders of magnitude read as 20 lines rather than one flat line at 0).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ HIDDEN_MARKER = re.compile(r"^preact/mean/(layer\d+)$")
 # plot one sigmoid's input in Figure 1(b, c): unit (channel, for convolutions) 0 of each layer, over the
 # batch (and a channel's spatial positions), tags preact/unit0/{p15,p50,p85}/layerNN.
 UNIT = 0
+PROFILE_TAGS = ("profile/log10_grad_ratio_first_last", "profile/growth_factor")
+LOG10_FAMILIES = ("grad_norm/output", "grad_norm/weight", "update_ratio")
+_LOG10_TAG = re.compile(rf"^(?:{'|'.join(map(re.escape, LOG10_FAMILIES))})/layer\d+$")
 
 
 def hidden_layers(tags) -> list[str]:
@@ -58,3 +66,19 @@ def gradient_figures(initial: dict[str, float], final: dict[str, float]) -> dict
         "growth_factor/init": growth_factor(first),
         "growth_factor/final": growth_factor(last),
     }
+
+
+def derived_scalars(values: dict[str, float]) -> dict[str, float]:
+    """The profile figures of this step and log10 of the decade-spanning per-layer values (see the module's
+    docstring). A value that has no logarithm (0, NaN) gets no log10 point rather than -inf."""
+    gradients = profile(values)
+    ratio, growth = ratio_first_last(gradients), growth_factor(gradients)
+    derived = {}
+    if ratio > 0 and math.isfinite(ratio):
+        derived[PROFILE_TAGS[0]] = math.log10(ratio)
+    if math.isfinite(growth):
+        derived[PROFILE_TAGS[1]] = growth
+    for tag, value in values.items():
+        if value > 0 and math.isfinite(value) and _LOG10_TAG.match(tag):
+            derived[f"log10/{tag}"] = math.log10(value)
+    return derived

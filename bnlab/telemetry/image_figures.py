@@ -37,9 +37,9 @@ def gradients_figure(title: str, step: int, initial: dict[str, float], current: 
                      figure=None):
     now_output, now_weight = figures.profile(current, OUTPUT), figures.profile(current, WEIGHT)
     init_output, init_weight = figures.profile(initial, OUTPUT), figures.profile(initial, WEIGHT)
-    output = [plots.ProfileLine(init_output, "step 0", "C0", "--", 0.35),
+    output = [plots.ProfileLine(init_output, "step 0", "C0", initial=True),
               plots.ProfileLine(now_output, f"step {step}", "C0")]
-    weight = [plots.ProfileLine(init_weight, "step 0", "C1", "--", 0.35),
+    weight = [plots.ProfileLine(init_weight, "step 0", "C1", initial=True),
               plots.ProfileLine(now_weight, f"step {step}", "C1")]
     note = (f"first/last: {number(figures.ratio_first_last(now_output), '.2e', 'n/a')}\n"
             f"×{number(figures.growth_factor(now_output), '.3g', 'n/a')} per layer")

@@ -4,7 +4,7 @@ Telemetry asks `due` at its own steps and calls `render` when it says yes; the
 images show what the scalar charts cannot: the whole depth profile at one step.
 
 - profile/gradients: ‖∂L/∂(layer output)‖ and ‖∂L/∂W‖ against layer index (log axis),
-  the step-0 profile faint behind the current one: vanishing reads as a steep line.
+  the step-0 profile dashed over the current one: vanishing reads as a steep line.
 - profile/activations: the preactivation p15/p50/p85 band and the saturated fraction.
 - figure1/last_hidden: the last hidden layer's preactivation percentiles over the
   steps so far, as in Ioffe & Szegedy (2015), Figure 1.

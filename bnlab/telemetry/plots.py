@@ -7,6 +7,11 @@ matplotlib is imported inside the functions, and only its object API is used
 
 Gradient profiles use a log axis that spans at least four decades, so a level
 profile looks level and a vanishing one looks steep, whatever the absolute scale.
+
+One convention in every figure: step 0 (initialization) dashed, the end (or the current step)
+solid. The solid line is broad and light, the dashed one thin and drawn on top, so where the two
+coincide (BatchNorm keeps the profile where it started) both stay visible. A panel with nothing to
+show (no saturated unit anywhere, no record) says so in its body.
 """
 
 from __future__ import annotations
@@ -22,15 +27,26 @@ LAYER_AXIS = "hidden layer (input → output)"
 BAND_KEY = "shaded: 15th–85th percentile · line: median"  # instead of a legend over the band
 
 
+# The two line styles (matplotlib keyword arguments): step 0 thin dashes on top, the end broad and light beneath.
+STEP0_STYLE = {"linestyle": "--", "linewidth": 1.4, "alpha": 1.0, "zorder": 3}
+END_STYLE = {"linestyle": "-", "linewidth": 2.8, "alpha": 0.6, "zorder": 2}
+STYLE_KEY = "dashed: step 0 · solid: end"
+
+
 @dataclass
 class ProfileLine:
-    """One gradient profile across hidden layers, input side first."""
+    """One gradient profile across hidden layers, input side first; `initial`: at step 0 (drawn dashed)."""
 
     values: list[float]
     label: str | None
     color: str
-    linestyle: str = "-"
-    alpha: float = 1.0
+    initial: bool = False
+    marker: str = "o"
+
+
+def line_style(initial: bool) -> dict:
+    """The keyword arguments of a step-0 line (`initial`) or an end line, by the convention above."""
+    return dict(STEP0_STYLE if initial else END_STYLE)
 
 
 @dataclass
@@ -107,8 +123,8 @@ def positive(values) -> list[float]:
 def draw_profiles(ax, lines: list[ProfileLine], ylabel: str) -> None:
     """Lines of a quantity against hidden-layer index on a log axis of at least MIN_DECADES decades."""
     for line in lines:
-        ax.plot(range(len(line.values)), positive(line.values), line.linestyle, color=line.color,
-                alpha=line.alpha, label=line.label, marker="o", markersize=3)
+        ax.plot(range(len(line.values)), positive(line.values), color=line.color, label=line.label,
+                marker=line.marker, markersize=3, **line_style(line.initial))
     ax.set_yscale("log")
     _span_decades(ax, [v for line in lines for v in positive(line.values) if not math.isnan(v)])
     ax.set_xlabel(LAYER_AXIS)
@@ -178,6 +194,8 @@ def activation_figure(p15: list[float], p50: list[float], p85: list[float], satu
     top.grid(True, alpha=0.3)
     bottom.fill_between(layers, 0, saturated, color="C3", alpha=0.3, linewidth=0)
     bottom.plot(layers, saturated, color="C3", marker="o", markersize=3)
+    if nothing_saturated(saturated):
+        say_empty(bottom, "no unit saturated in any layer (all 0)")
     bottom.set_ylim(-0.02, 1.02)
     bottom.set_ylabel("saturated\nfraction")
     bottom.set_xlabel(LAYER_AXIS)
@@ -203,6 +221,8 @@ def bands_figure(bands: list[Band], title: str, figure=None):
         axes = np.array(reuse(figure).axes).reshape(nrows, ncols)
     for ax, band in zip(axes.flat, bands, strict=False):
         draw_band(ax, band.steps, band.p15, band.p50, band.p85)
+        if not band.steps:
+            say_empty(ax, "no preactivation record of this layer")
         if band.title:
             ax.set_title(_wrap(band.title), fontsize=8)
         ax.set_xlabel("step")
@@ -246,6 +266,8 @@ def heatmaps_figure(panels: list[tuple[str, list[int], list[list[float]]]], colo
         # A light colour for 0, so "nothing saturated" does not read as "no data".
         image = ax.pcolormesh(edges, np.arange(data.shape[0] + 1) - 0.5, data, vmin=0, vmax=1, cmap="YlOrRd")
         ax.set_title(_wrap(label), fontsize=8)
+        if nothing_saturated(data.ravel().tolist()):
+            say_empty(ax, "no unit saturated in any layer\nat any step (all 0)")
         ax.set_xlabel("step")
         ax.set_ylabel("hidden layer")
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -255,6 +277,18 @@ def heatmaps_figure(panels: list[tuple[str, list[int], list[list[float]]]], colo
         figure.colorbar(image, ax=axes, label=colorbar, shrink=0.9)
     figure.suptitle(title, fontsize=9)
     return figure
+
+
+def nothing_saturated(values) -> bool:
+    """Whether a saturation record is all 0 (or empty): a map or curve of it would be a flat field."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return not any(finite)
+
+
+def say_empty(ax, text: str) -> None:
+    """Write why a panel shows nothing, in its middle."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "linewidth": 0.5})
 
 
 def _larger_type(ax, size: int = 11) -> None:

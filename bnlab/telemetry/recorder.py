@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from bnlab.telemetry.figures import hidden_layers
+from bnlab.telemetry.figures import derived_scalars, hidden_layers
 from bnlab.telemetry.probes import Measurement, PendingMeasurement, Probes
 from bnlab.telemetry.writer import RunWriter
 
@@ -131,6 +131,7 @@ class Telemetry:
         if measurement is not None:
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
+                values.update(derived_scalars(values))
             self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)
         self.writer.scalars(step, values)
         self._last.update(values)

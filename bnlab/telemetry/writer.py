@@ -10,18 +10,30 @@ creates, so TensorBoard's HParams view lines up a sweep's runs directly.
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from bnlab.telemetry import checksums
+from bnlab.telemetry.figures import PROFILE_TAGS
 from bnlab.telemetry.statistics import HISTOGRAM_BINS, HISTOGRAM_HEAD
 
 LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
+PROFILE_CATEGORY = "vanishing gradient: one line per run"
+# The run-level profile charts (bnlab.telemetry.figures.PROFILE_TAGS), titled by what a reader looks for.
+PROFILE_CHARTS = dict(zip(PROFILE_TAGS, (
+    "log10 of the first/last hidden-layer gradient ratio (0: no vanishing; -6: a millionth reaches the input)",
+    "gradient growth per layer toward the input (1: level; below 1: vanishing; above 1: exploding)"),
+    strict=True))
+# The HParams columns TensorBoard shows by default (its first five flagged ones): what the claim varies.
+SHOWN_FIRST = ("model.activation", "model.depth", "model.init", "norm.name", "train.seed")
+# Custom-scalars categories in this order (any other just before `act`): the decade-spanning families on a log10 scale
+# first, where 20 layers over 17 orders of magnitude still read as 20 lines.
+CATEGORY_ORDER = (PROFILE_CATEGORY, "log10", "grad_norm", "update_ratio", "weight_norm", "preact", "act")
 
 
 class RunWriter:
@@ -61,50 +73,63 @@ class RunWriter:
         self._events.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def layout(self, tags: list[str]) -> None:
-        """A custom-scalars chart per telemetry family, each drawing all layers of that family."""
-        families: dict[str, list[str]] = defaultdict(list)
-        for tag in tags:
-            match = LAYER_TAG.match(tag)
-            if match:
-                families[match["family"]].append(tag)
-        categories: dict[str, dict] = defaultdict(dict)
-        for family in sorted(families):
-            category = family.split("/")[0]
-            categories[category][family] = ["Multiline", [rf"^{re.escape(family)}/layer\d+$"]]
-        self._writer.add_custom_scalars(dict(categories))
+        """The custom-scalars layout: the run-level profile figures first (one line per run, so a sweep reads
+        at a glance), then a chart per telemetry family, each drawing all layers of that family; the
+        log10 families before the linear ones, the activations last."""
+        charts: dict[str, dict[str, list]] = defaultdict(dict)
+        for tag, title in PROFILE_CHARTS.items():
+            if tag in tags:
+                charts[PROFILE_CATEGORY][title] = ["Multiline", [rf"^{re.escape(tag)}$"]]
+        families = sorted({match["family"] for tag in tags if (match := LAYER_TAG.match(tag))})
+        for family in families:
+            charts[family.split("/")[0]][family] = ["Multiline", [rf"^{re.escape(family)}/layer\d+$"]]
+        order = {name: index for index, name in enumerate(CATEGORY_ORDER)}
+        unknown = order["act"] - 0.5
+        categories = sorted(charts, key=lambda name: (order.get(name, unknown), name))
+        self._writer.add_custom_scalars({name: charts[name] for name in categories})
 
-    def hparams_start(self, hparams: dict, metric_tags: list[str], varied: set[str] = frozenset()) -> None:
-        """Declare the run's hyperparameters and which scalar tags are its metrics.
+    def bands_layout(self, category: str, charts: dict[str, tuple[str, str, str]]) -> None:
+        """A custom-scalars margin chart per title: the line `mean` inside the band from `low` to `high`, one band
+        per run that writes those tags (TensorBoard has no band chart of its own for seeds)."""
+        self._writer.add_custom_scalars({category: {title: ["Margin", list(tags)] for title, tags in charts.items()}})
 
-        `varied` (the keys the user overrode) are marked as differing and listed first: TensorBoard's
-        HParams view shows the differing ones before the rest, so a sweep's table opens on what it swept.
+    def hparams_start(self, config: dict, metric_tags: list[str]) -> None:
+        """Declare the run's hyperparameters (`config`, flattened to `section.key`) and its metric tags.
+
+        Every run declares the same columns in the same order: TensorBoard's HParams view takes its columns
+        from one run's declaration, so runs that declared different ones changed the table between launches.
+        Integers are written as text ('64', not TensorBoard's '64.000'), booleans as booleans, None as 'none'.
+        The claim's axes (`SHOWN_FIRST`) are flagged `differs` in every run alike: TensorBoard puts flagged
+        columns first and shows the first five by default, which would otherwise be data.batch_size ... data.root.
         """
-        from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-        experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(metric_tags, 0.0))
-        value = experiment.value[0]
-        content = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-        infos = sorted(content.experiment.hparam_infos, key=lambda info: (info.name not in varied, info.name))
-        for info in infos:
-            info.differs = info.name in varied
-        del content.experiment.hparam_infos[:]
-        content.experiment.hparam_infos.extend(infos)
-        content.version = metadata.PLUGIN_DATA_VERSION
-        value.metadata.plugin_data.content = content.SerializeToString()
-        self._events.add_summary(experiment)
-        self._events.add_summary(session_start)
+        infos, values = [], {}
+        for name, value in sorted(flatten(config).items()):
+            kind, values[name] = _hparam_value(value)
+            info = api_pb2.HParamInfo(name=name, type=kind, differs=name in SHOWN_FIRST)
+            if kind == api_pb2.DATA_TYPE_BOOL:
+                info.domain_discrete.extend([False, True])
+            infos.append(info)
+        metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags]
+        experiment = plugin_data_pb2.HParamsPluginData(
+            experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics),
+            version=metadata.PLUGIN_DATA_VERSION)
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for name, value in values.items():
+            start.hparams[name].CopyFrom(value)
+        session = plugin_data_pb2.HParamsPluginData(session_start_info=start, version=metadata.PLUGIN_DATA_VERSION)
+        self._events.add_summary(_plugin_summary(metadata.EXPERIMENT_TAG, experiment))
+        self._events.add_summary(_plugin_summary(metadata.SESSION_START_INFO_TAG, session))
 
     def hparams_end(self, status: str) -> None:
-        from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
         from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
         session_end = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE)
         content = plugin_data_pb2.HParamsPluginData(session_end_info=session_end,
                                                     version=metadata.PLUGIN_DATA_VERSION)
-        plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
-        value = Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))
-        self._events.add_summary(Summary(value=[value]))
+        self._events.add_summary(_plugin_summary(metadata.SESSION_END_INFO_TAG, content))
 
     def flush(self) -> None:
         self._writer.flush()
@@ -112,3 +137,35 @@ class RunWriter:
     def close(self) -> None:
         self._writer.close()
 
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as {"section.key": value}."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _hparam_value(value):
+    """(TensorBoard data type, protobuf Value) of one hyperparameter."""
+    from google.protobuf import struct_pb2
+    from tensorboard.plugins.hparams import api_pb2
+
+    if isinstance(value, bool):
+        return api_pb2.DATA_TYPE_BOOL, struct_pb2.Value(bool_value=value)
+    if isinstance(value, float):
+        return api_pb2.DATA_TYPE_FLOAT64, struct_pb2.Value(number_value=value)
+    text = "none" if value is None else str(value)  # integers too: TensorBoard writes numbers as 64.000
+    return api_pb2.DATA_TYPE_STRING, struct_pb2.Value(string_value=text)
+
+
+def _plugin_summary(tag: str, content) -> Summary:
+    from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
+    from tensorboard.plugins.hparams import metadata
+
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])

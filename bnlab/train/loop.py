@@ -28,13 +28,13 @@ from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
 from bnlab.telemetry.writer import RunWriter
 from bnlab.train import checkpoint, summary
-from bnlab.train.card import run_card
+from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
 
 log = logging.getLogger("bnlab.train.loop")
 EVAL_CHUNK = 1024
-HPARAM_METRICS = ("loss/train", "loss/test", "acc/test", "figures/grad_ratio_first_last/init",
-                  "figures/grad_ratio_first_last/final", "figures/growth_factor/init", "figures/growth_factor/final")
+HPARAM_METRICS = ("figures/grad_ratio_first_last/init", "figures/grad_ratio_first_last/final",
+                  "figures/growth_factor/init", "figures/growth_factor/final", "loss/train", "loss/test", "acc/test")
 
 
 @dataclass
@@ -170,11 +170,11 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
             checkpoint.set_rng_state(state["rng"])
             record["diverged_at"], record["skipped_steps"] = state["diverged_at"], state["skipped_steps"]
         else:
-            writer.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
-            varied = {o.split("=", 1)[0].lstrip("+~") for o in record["overrides"]}
-            varied |= {f"{group}.name" for group in ("model", "norm", "data", "optim") if group in varied}
-            writer.hparams_start(_hparams(cfg), list(HPARAM_METRICS), varied)
+            writer.text("config", config_text(record["config"]))
+            writer.hparams_start({k: v for k, v in record["config"].items() if k != "resume"}, list(HPARAM_METRICS))
         record["steps"] = start
+        log.info("%s %s at step %d of %d on %s; overrides: %s", "resuming" if state else "starting", run_dir, start,
+                 cfg.train.steps, device, " ".join(record["overrides"]) or "(none)")
         status = _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start,
                        checkpoint_path, lambda step: _checkpoint_state(model, optimizer, sampler, telemetry,
                                                                         step, record))
@@ -190,6 +190,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
 
     record["status"] = status
     record["finished"] = _now()
+    log.info("%s after %d/%d steps", status, record["steps"], cfg.train.steps)
     if telemetry is not None:
         try:
             telemetry.close()
@@ -199,7 +200,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         if telemetry.initial:
             record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
     if writer is not None:
-        writer.text("run_card", run_card(record), record["steps"])  # the same numbers as summary.json
+        writer.text("run_card", run_card(record), record["steps"])  # summary.json's numbers, rounded
         writer.hparams_end(status)
         writer.close()
     summary.write(run_dir, record)
@@ -224,6 +225,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
             if step % eval_every == 0:
                 test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
                 telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
+                log.info("step %d: loss/test %.4g, acc/test %.4f", step, test_loss, accuracy)
             due = telemetry.due(step)
             if due:
                 telemetry.start(step)
@@ -275,15 +277,6 @@ def _checkpoint_state(model, optimizer, sampler, telemetry, step: int, record: d
         "sampler": sampler.state_dict(), "telemetry": telemetry.state_dict(), "rng": checkpoint.rng_state(),
         "diverged_at": record["diverged_at"], "skipped_steps": record["skipped_steps"],
     }
-
-
-def _hparams(cfg) -> dict:
-    """The config's leaves as flat `section.key` hyperparameters (None written as 'none')."""
-    flat = {}
-    for section in ("model", "norm", "data", "optim", "train"):
-        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
-            flat[f"{section}.{key}"] = "none" if value is None else value
-    return flat
 
 
 def _now() -> str:

@@ -1,9 +1,20 @@
-"""The rich progress bar a single run shows in the terminal: steps, loss, test accuracy."""
+"""What the terminal shows while training: a bar for one run, one line for a whole sweep.
+
+`RichProgress` is a single run's bar: steps, loss, test accuracy. `SweepProgress` is one line for
+every job of a sweep (`bnlab train -m`, `bnlab reproduce`): job k of N, the job's step, the time
+elapsed and an estimate of the time left, in place of a bar and a log line per job. Both take the
+calls the training loop makes (`start`, `update`, `stop`); a sweep's jobs make them on `job(label)`.
+"""
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
+
+from bnlab.formatting import duration, number
 
 
 class RichProgress:
@@ -28,11 +39,71 @@ class RichProgress:
             return
         if loss is not None:
             self._loss = loss
-        fields = {"loss": f"{self._loss:.4g}" if self._loss is not None else "-",
-                  "acc": f"{accuracy:.3f}" if accuracy is not None else "-"}
+        fields = {"loss": number(self._loss), "acc": number(accuracy, ".3f")}
         self._progress.update(self._task, completed=step, **fields)
 
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class SweepProgress:
+    """One line for `jobs` jobs: 'job 3 of 12 <bar> step 120/300 · 1 min 05 s · ~4 min 10 s left <overrides>'.
+
+    The estimate assumes the jobs left take as long as those so far (the current one counted by its
+    share of steps done); a sweep whose jobs differ in size (depths 2 to 20) makes it a rough guide."""
+
+    def __init__(self, jobs: int, console: Console | None = None):
+        self.jobs = max(jobs, 1)
+        self.console = console or Console()
+        self.started = 0  # jobs begun; those before the current one count as done, whatever their outcome
+        self.swept: set[str] = set()  # the keys the sweep varies: a job's label shows their values
+        self._began: float | None = None
+        self._progress: Progress | None = None
+        self._task = None
+
+    def job(self, overrides: list[str]) -> SweepProgress._Job:
+        """What the next job, run with `overrides`, reports to."""
+        self.started += 1
+        varied = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in self.swept]
+        return SweepProgress._Job(self, " ".join(varied or overrides), self.started)
+
+    def stop(self) -> None:
+        """End the line (after the last job, or when the sweep stops early)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _show(self, index: int, label: str, step: int, total: int) -> None:
+        if self._progress is None:
+            self._began = self._began or time.monotonic()
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[job]}"), BarColumn(bar_width=16), TextColumn("{task.fields[step]}"),
+                TextColumn("{task.fields[time]}"),
+                TextColumn("[dim]{task.fields[label]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+                console=self.console, transient=False)
+            self._task = self._progress.add_task("sweep", total=self.jobs, job="", step="", time="", label="")
+            self._progress.start()
+        completed = min(index - 1 + (step / total if total else 0.0), self.jobs)
+        elapsed = time.monotonic() - self._began
+        left = elapsed / completed * (self.jobs - completed) if completed > 0 else None
+        estimate = f" · ~{duration(left)} left" if left is not None else ""
+        self._progress.update(self._task, completed=completed, job=f"job {index} of {self.jobs}",
+                              step=f"step {step}/{total}", time=f"{duration(elapsed)}{estimate}", label=label)
+
+    class _Job:
+        """One job's view of the sweep's line: the calls a run's progress takes."""
+
+        def __init__(self, sweep: SweepProgress, label: str, index: int):
+            self.sweep, self.label, self.index, self.total = sweep, label, index, 0
+
+        def start(self, total: int, done: int) -> None:
+            self.total = total
+            self.sweep._show(self.index, self.label, done, total)
+
+        def update(self, step: int, loss: float | None, accuracy: float | None) -> None:
+            self.sweep._show(self.index, self.label, step, self.total)
+
+        def stop(self) -> None:
+            """The job is over; the line stays for the next one (`SweepProgress.stop` ends it)."""

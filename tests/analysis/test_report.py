@@ -199,3 +199,51 @@ def test_a_path_without_runs_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not (tmp_path / "report.md").exists()
+
+
+def test_the_seed_bands_are_tensorboard_runs_of_mean_and_95_percent_interval_at_every_step(runs, report):
+    assert report.bands == report.out_dir / "seed_bands"
+    for norm, jobs in (("none", ("job0", "job1")), ("bnlab", ("job2", "job3"))):
+        bands = _events(report.bands / f"norm={norm}")
+        seeds = [_events(runs[job]) for job in jobs]
+        for tag in ("acc/test", "loss/train", "profile/log10_grad_ratio_first_last", "profile/growth_factor"):
+            steps = sorted(set(seeds[0][tag]) & set(seeds[1][tag]))
+            assert steps and sorted(bands[f"band/{tag}/mean"]) == steps, (norm, tag)
+            for step in steps:
+                a, b = seeds[0][tag][step], seeds[1][tag][step]
+                half = T_975_DF1 * abs(a - b) / 2  # two seeds: t(0.975, 1) * s / sqrt(2), s = |a - b| / sqrt(2)
+                assert bands[f"band/{tag}/mean"][step] == pytest.approx((a + b) / 2, rel=1e-5, abs=1e-6)
+                assert bands[f"band/{tag}/low"][step] == pytest.approx((a + b) / 2 - half, rel=1e-5, abs=1e-5)
+                assert bands[f"band/{tag}/high"][step] == pytest.approx((a + b) / 2 + half, rel=1e-5, abs=1e-5)
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    accumulator = EventAccumulator(str(report.bands / "norm=none"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    layout = layout_pb2.Layout.FromString(accumulator.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    margins = {chart.title: chart.margin.series[0] for chart in layout.category[0].chart}
+    ratio = margins["log10 first/last hidden-layer gradient ratio"]
+    assert (ratio.value, ratio.lower, ratio.upper) == tuple(
+        f"band/profile/log10_grad_ratio_first_last/{part}" for part in ("mean", "low", "high"))
+    assert "`bnlab tb" in report.markdown.read_text() and "seed_bands" in report.markdown.read_text()
+
+
+def test_a_second_report_replaces_its_bands_and_runs_are_not_confused_with_them(runs, tmp_path):
+    first = build_report([runs["sweep"]], out=tmp_path)
+    second = build_report([runs["sweep"]], out=tmp_path)
+    assert len(event_files(second.bands / "norm=none")) == 1  # not one more per report
+    assert [c.label for c in first.configurations] == [c.label for c in second.configurations]
+    assert len(build_report([tmp_path, runs["sweep"]], out=tmp_path / "again").configurations) == 2
+
+
+def test_bnlab_report_fits_80_columns_with_whole_words(runs, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(runs["sweep"]), str(runs["extra"]), "--out", str(tmp_path)],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    report = build_report([runs["sweep"], runs["extra"]], out=tmp_path / "again")
+    tables = result.output[:result.output.index("not completed:")]
+    assert max(len(line.rstrip()) for line in tables.splitlines()) <= 80, tables
+    for _, headers, rows in report.tables:
+        for text in [*headers, *(cell for row in rows for cell in row)]:
+            for word in text.split():
+                assert word in tables, f"{word!r} broken:\n{tables}"
+    assert f"bnlab tb {tmp_path}" in result.output

@@ -60,6 +60,18 @@ def test_bnlab_runs_lists_when_what_status_steps_and_metrics_newest_first(root):
     assert f"{record['metrics']['acc/test']:.3f}" in out and f"{record['metrics']['loss/train']:.3g}" in out
 
 
+def test_bnlab_runs_fits_80_columns_and_prints_whole_paths(root):
+    done = subprocess.run([BNLAB, "runs", str(root)], capture_output=True, text=True, timeout=60, cwd=root,
+                          env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for run in ("new", "sweep/0_norm=none", "broken"):  # sweep jobs too, relative to the working directory
+        assert f"    {run}" in lines, done.stdout
+    numbers = [line for line in lines if not line.startswith("    ")]
+    assert max(len(line) for line in numbers) <= 80
+    assert "norm=none train.seed=3" in done.stdout and "grad ratio init → end" in done.stdout
+
+
 def test_bnlab_runs_on_a_missing_folder_says_so(tmp_path):
     done = _bnlab("runs", str(tmp_path / "nowhere"))
     assert done.returncode == 1 and "does not exist" in done.stderr

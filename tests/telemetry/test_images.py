@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from bnlab.analysis.readback import event_files, load_run
 from bnlab.config.launch import plan, run_hydra
 from bnlab.telemetry.images import ImageLog, image_interval
-from bnlab.train.card import run_card
+from bnlab.train.card import config_text, run_card
 
 STEPS = 50
 IMAGE_TAGS = ("profile/gradients", "profile/activations", "figure1/last_hidden")
@@ -61,21 +61,21 @@ def test_images_are_pngs_at_step_0_the_last_step_and_about_ten_in_all(run_dir):
             assert len(image.png) > 5000, f"{tag} at {image.step}: a near-empty image"
 
 
-def test_run_card_holds_the_numbers_of_summary_json(run_dir):
+def test_run_card_holds_the_numbers_of_summary_json_rounded(run_dir):
     record = json.loads((run_dir / "summary.json").read_text())
     card = load_run(run_dir).text("run_card")
     assert card is not None and card.startswith("**completed** after 50/50 steps")
     rows = dict(re.findall(r"^\| (loss/train|loss/test|acc/test) \| (\S+) \|$", card, re.M))
-    assert {tag: float(text) for tag, text in rows.items()} == {t: record["metrics"][t] for t in rows}
-    assert len(rows) == 3
+    assert rows == {tag: f"{record['metrics'][tag]:.4g}" for tag in ("loss/train", "loss/test", "acc/test")}
+    assert all(len(text.replace("-", "").replace(".", "").lstrip("0")) <= 4 for text in rows.values()), rows
     ratio = re.search(r"^\| first-to-last hidden-layer gradient ratio \| (\S+) \| (\S+) \|$", card, re.M)
     growth = re.search(r"^\| per-layer growth factor toward the input \| (\S+) \| (\S+) \|$", card, re.M)
     figures = record["figures"]
-    assert (float(ratio[1]), float(ratio[2])) == (figures["grad_ratio_first_last/init"],
-                                                  figures["grad_ratio_first_last/final"])
-    assert (float(growth[1]), float(growth[2])) == (figures["growth_factor/init"],
-                                                    figures["growth_factor/final"])
+    assert (ratio[1], ratio[2]) == (f"{figures['grad_ratio_first_last/init']:.3g}",
+                                    f"{figures['grad_ratio_first_last/final']:.3g}")
+    assert (growth[1], growth[2]) == (f"{figures['growth_factor/init']:.3g}", f"{figures['growth_factor/final']:.3g}")
     assert " ".join(record["overrides"]) in card
+    assert card.index("| final metric |") < card.index("Overrides:"), "the outcome first, the long part last"
 
 
 def test_hparams_and_their_metrics_are_in_the_runs_own_event_file(run_dir):
@@ -83,10 +83,11 @@ def test_hparams_and_their_metrics_are_in_the_runs_own_event_file(run_dir):
     nested = [p for p in run_dir.rglob("events.out.tfevents.*") if p.parent != run_dir]
     assert not nested, "HParams go into the run's own event file, not a sub-run"
     run = load_run(run_dir)
-    assert run.hparams["hparams"]["model.depth"] == 4 and run.hparams["hparams"]["norm.name"] == "bnlab"
+    assert run.hparams["hparams"]["model.depth"] == "4" and run.hparams["hparams"]["norm.name"] == "bnlab"
     metrics = run.hparams["metrics"]
-    assert {"figures/grad_ratio_first_last/init", "figures/grad_ratio_first_last/final",
-            "figures/growth_factor/init", "figures/growth_factor/final", "acc/test"} <= set(metrics)
+    assert metrics[:4] == ["figures/grad_ratio_first_last/init", "figures/grad_ratio_first_last/final",
+                           "figures/growth_factor/init", "figures/growth_factor/final"]  # the claim's figures first
+    assert "acc/test" in metrics
     for tag in metrics:
         assert run.series(tag), f"the hparams metric {tag} has no scalar to show"
 
@@ -122,6 +123,7 @@ def test_run_card_says_what_went_wrong_and_writes_nan_as_n_a():
     assert card.startswith("**diverged** after 7/30 steps (seed 2)")
     assert "NaN/Inf at step 7" in card and "`norm=none`" in card
     assert "| loss/train | n/a |" in card and "| acc/test | 0.25 |" in card and "| loss/test | n/a |" in card
+    assert "| acc/test | 0.3333 |" in run_card({"metrics": {"acc/test": 1 / 3}})  # rounded as people read it
 
 
 def test_log_axes_over_many_decades_drop_minor_ticks_and_short_ones_keep_them():
@@ -192,3 +194,49 @@ def test_a_drawing_process_draws_its_tags_at_the_lowest_priority():
     finally:
         drawer._process.stdin.close()
         drawer._process.wait(timeout=30)
+
+
+def test_config_text_is_the_whole_config_one_line_a_section():
+    import yaml
+
+    config = {"model": {"name": "mlp", "depth": 20, "init_std": 0.1}, "optim": {"grad_clip": None, "lr": 1e-05},
+              "resume": None}
+    text = config_text(config)
+    assert text.startswith("```yaml\n") and text.endswith("```")
+    body = text.removeprefix("```yaml\n").removesuffix("```")
+    assert yaml.safe_load(body) == config and len(body.strip().splitlines()) == len(config)
+
+
+def test_step_0_is_dashed_and_drawn_on_top_of_the_solid_end_in_every_profile_figure():
+    from bnlab.telemetry import plots
+
+    same = [1.0, 0.5, 0.25]  # BatchNorm's profile often ends where it began: the two lines coincide
+    figures = [plots.profiles_figure([plots.ProfileLine(same, None, "C0", initial=True),
+                                      plots.ProfileLine(same, "end", "C0")], "g", "t"),
+               plots.gradient_figure([plots.ProfileLine(same, "step 0", "C0", initial=True),
+                                      plots.ProfileLine(same, "step 9", "C0")],
+                                     [plots.ProfileLine(same, "step 0", "C1", initial=True),
+                                      plots.ProfileLine(same, "step 9", "C1")], "t")]
+    for figure in figures:
+        for ax in figure.axes:
+            step0, end = ax.lines
+            assert step0.get_linestyle() == "--" and end.get_linestyle() == "-"
+            assert step0.get_zorder() > end.get_zorder()  # the dashes stay visible over the end line
+            assert end.get_linewidth() > step0.get_linewidth()  # and the end line shows around them
+            assert step0.get_color() == end.get_color()
+
+
+def test_a_figure_with_nothing_to_show_says_so():
+    from bnlab.telemetry import plots
+
+    empty = plots.heatmaps_figure([("norm=bnlab", [0, 10], [[0.0, 0.0], [0.0, 0.0]]),
+                                   ("norm=none", [0, 10], [[0.0, 0.5], [0.0, 0.0]])], "saturated", "t")
+    texts = [[text.get_text() for text in ax.texts] for ax in empty.axes[:2]]
+    assert any("no unit saturated" in text for text in texts[0]) and not texts[1]
+    flat = plots.activation_figure([-1, -1], [0, 0], [1, 1], [0.0, 0.0], "t")
+    assert any("no unit saturated" in text.get_text() for text in flat.axes[1].texts)
+    some = plots.activation_figure([-1, -1], [0, 0], [1, 1], [0.0, 0.3], "t")
+    assert not some.axes[1].texts
+    band = plots.bands_figure([plots.Band("a", [], [], [], []), plots.Band("b", [0], [-1], [0], [1])], "t")
+    assert any("no preactivation record" in text.get_text() for text in band.axes[0].texts)
+    assert not band.axes[1].texts

@@ -88,6 +88,9 @@ def test_every_statistic_equals_a_direct_computation(activation, norm, position)
     expected = {f"preact/layer{i:02d}": pre.detach().numpy() for i, pre in enumerate(pres)}
     expected |= {f"grad/weight/layer{i:02d}": layer.weight.grad.numpy()
                  for i, layer in enumerate(reference.weight_layers.values())}
+    # and of log10 |g|, zeros left out, so vanished and healthy gradients both get bins
+    expected |= {f"grad/log10_abs_weight/layer{i:02d}": np.log10(np.abs(grad[grad != 0]))
+                 for i, grad in enumerate(layer.weight.grad.numpy() for layer in reference.weight_layers.values())}
     assert set(rows) == set(expected) and "preact/layer03" not in rows
     for tag, values in expected.items():
         counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
