@@ -1,0 +1,71 @@
+"""Gradient noise that stays well defined under BatchNorm: the spread of the gradient across ghost batches.
+
+Per-example gradients do not exist for a network with BatchNorm in training mode: every example's output
+depends on the whole batch. So the step's batch of B examples is split into k chunks of b = B / k
+(`log.gradient_noise_chunks`), and the forward and backward pass run on each chunk alone: each chunk is
+normalized with its own statistics (a ghost batch, Hoffer et al. 2017), and g_j is the gradient of the
+mean loss over chunk j. With g_bar = (1/k) sum_j g_j, per layer (the weight matrix, as grad_norm/weight)
+and for all parameters together (the tag's last part `all`):
+
+- grad_noise/variance = tr(S) = 1/(k-1) sum_j ||g_j - g_bar||^2, the unbiased estimate of the trace of
+  the covariance of one chunk's gradient;
+- grad_noise/snr = ||g_bar||^2 / (tr(S) / k): the squared norm of the mean gradient against the variance
+  of that mean (its estimated noise); above 1, the k chunks resolve the gradient's direction;
+- grad_noise/b_simple = b * tr(S) / (||g_bar||^2 - tr(S) / k) = B / (snr - 1): the "simple noise scale"
+  B_simple = tr(Sigma) / |G|^2 of McCandlish et al. (2018), with Sigma = b * (the chunk covariance) and
+  |G|^2 estimated without bias as ||g_bar||^2 - tr(S) / k; NaN when that estimate is not positive
+  (snr <= 1: the gradient's signal is not resolved by k chunks).
+
+What it estimates: the noise of gradients of b examples normalized together, the ghost-batch objective
+at chunk size b, and from it the batch size at which that noise matches the signal (McCandlish et al.'s
+estimate of the critical batch size, under their assumptions: an ideal step size and a Hessian of one
+scale). What it does not: the noise of the step's own gradient (its B examples are normalized together,
+and that gradient is not the mean of the chunk gradients), nor per-example noise under BatchNorm, which
+does not exist; Sigma = b * the chunk covariance holds exactly only when examples enter the gradient
+independently (norm=none), and with k chunks tr(S) has k - 1 degrees of freedom: it is noisy for small k.
+Costs k forward and backward passes of b examples on a copy of the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnlab.telemetry.passes import LossFunction, flat, loss_and_grads, replica
+
+VARIANCE, SNR, B_SIMPLE = "grad_noise/variance", "grad_noise/snr", "grad_noise/b_simple"
+ALL = "all"
+
+
+def noise_statistics(chunk_grads: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
+    """(tr(S), snr, b_simple) of chunk gradients (k, P), as the module docstring defines them."""
+    chunks = chunk_grads.shape[0]
+    mean = chunk_grads.mean(dim=0)  # (P,)
+    trace = ((chunk_grads - mean) ** 2).sum() / (chunks - 1)
+    mean_sq = (mean ** 2).sum()
+    signal = mean_sq - trace / chunks  # unbiased estimate of |G|^2
+    b_simple = torch.where(signal > 0, chunk_size * trace / signal, torch.full_like(signal, float("nan")))
+    return trace, mean_sq / (trace / chunks), b_simple
+
+
+def gradient_noise(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: torch.Tensor,
+                   chunks: int) -> dict[str, torch.Tensor]:
+    """{tag: 0-d float64 tensor} of the three families for each weight layer and for `all` parameters."""
+    if len(x) % chunks or chunks < 2:
+        raise ValueError(f"a batch of {len(x)} does not split into {chunks} equal chunks (2 chunks or more)")
+    twin = replica(model)
+    params = list(twin.parameters())
+    index = {id(p): i for i, p in enumerate(params)}
+    layers = [(name, index[id(layer.weight)]) for name, layer in twin.weight_layers.items()]
+    rows = []
+    for x_chunk, y_chunk in zip(x.chunk(chunks), y.chunk(chunks), strict=True):  # (b, ...) each
+        _, grads = loss_and_grads(twin, loss_of, x_chunk, y_chunk, params)
+        rows.append(grads)
+    chunk_size = len(x) // chunks
+    values = {}
+    groups = [(name, [i]) for name, i in layers] + [(ALL, list(range(len(params))))]
+    for name, members in groups:
+        chunk_grads = torch.stack([flat([grads[i] for i in members]) for grads in rows])  # (k, P)
+        trace, snr, b_simple = noise_statistics(chunk_grads, chunk_size)
+        values[f"{VARIANCE}/{name}"], values[f"{SNR}/{name}"], values[f"{B_SIMPLE}/{name}"] = trace, snr, b_simple
+    return values
