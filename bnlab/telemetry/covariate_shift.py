@@ -29,12 +29,13 @@ L2, COSINE = "covariate_shift/l2", "covariate_shift/cosine"
 
 
 def covariate_shift(model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: LossFunction,
-                    x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+                    x: torch.Tensor, y: torch.Tensor, twin: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """{tag: 0-d float64 tensor}: ||G - G'|| and cos(G, G') of every layer but the first.
 
-    Call after the step's backward pass (and gradient clipping), before `optimizer.step()`."""
+    Call after the step's backward pass (and gradient clipping), before `optimizer.step()`.
+    `twin`: a copy of the model to work on (`passes.Twin.synced()`), else a fresh `replica`."""
     after = parameters_after_step(model, optimizer)
-    twin = replica(model)
+    twin = replica(model) if twin is None else twin
     params = dict(twin.named_parameters())
     units = layer_units(twin)
     weights = [params[weight] for _, _, weight in units]

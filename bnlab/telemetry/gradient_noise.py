@@ -49,11 +49,13 @@ def noise_statistics(chunk_grads: torch.Tensor, chunk_size: int) -> tuple[torch.
 
 
 def gradient_noise(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: torch.Tensor,
-                   chunks: int) -> dict[str, torch.Tensor]:
-    """{tag: 0-d float64 tensor} of the three families for each weight layer and for `all` parameters."""
+                   chunks: int, twin: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """{tag: 0-d float64 tensor} of the three families for each weight layer and for `all` parameters.
+
+    `twin`: a copy of the model to work on (`passes.Twin.synced()`), else a fresh `replica`."""
     if len(x) % chunks or chunks < 2:
         raise ValueError(f"a batch of {len(x)} does not split into {chunks} equal chunks (2 chunks or more)")
-    twin = replica(model)
+    twin = replica(model) if twin is None else twin
     params = list(twin.parameters())
     index = {id(p): i for i, p in enumerate(params)}
     layers = [(name, index[id(layer.weight)]) for name, layer in twin.weight_layers.items()]

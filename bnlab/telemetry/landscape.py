@@ -38,9 +38,11 @@ def step_sizes(lr: float, points: int, max_multiple: float) -> list[float]:
 
 
 def landscape(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: torch.Tensor,
-              etas: list[float]) -> dict[str, torch.Tensor]:
-    """{tag: 0-d float64 tensor} of `TAGS` at the model's parameters, along -grad with step sizes `etas`."""
-    twin = replica(model)
+              etas: list[float], twin: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """{tag: 0-d float64 tensor} of `TAGS` at the model's parameters, along -grad with step sizes `etas`.
+
+    `twin`: a copy of the model to work on (`passes.Twin.synced()`), else a fresh `replica`."""
+    twin = replica(model) if twin is None else twin
     params = list(twin.parameters())
     origin = [p.detach().clone() for p in params]
     loss, grads = loss_and_grads(twin, loss_of, x, y, params)

@@ -3,10 +3,11 @@ gradients of the training objective, and the random state they must leave as the
 
 The opt-in probes (`landscape`, `covariate_shift`, `signal_propagation`, `gradient_noise`) run extra
 forward and backward passes at a measured step. They run them on a `replica` (a deep copy without
-anyone's hooks), never on the live model: the live parameters, their gradients, BatchNorm's running
-statistics and `num_batches_tracked`, and the optimizer's state are only read, so the training step
-that follows is the one an unmeasured run takes, to the bit. `preserved_rng` covers the random
-generators (torch's, CUDA's, numpy's and Python's), which none of the probes draws from today.
+anyone's hooks, kept from one measurement to the next by `Twin`), never on the live model: the live
+parameters, their gradients, BatchNorm's running statistics and `num_batches_tracked`, and the
+optimizer's state are only read, so the training step that follows is the one an unmeasured run
+takes, to the bit. `preserved_rng` covers the random generators (torch's, CUDA's, numpy's and
+Python's), which none of the probes draws from today.
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def replica(model: nn.Module) -> nn.Module:
     for parameter in twin.parameters():
         parameter.grad = None
     return twin
+
+
+class Twin:
+    """One private copy of a live model, made once (`replica`) and refreshed before each use: a deep copy
+    of the default MLP costs about two of its forward passes, a refresh one copy of its tensors."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._copy: nn.Module | None = None
+
+    @torch.no_grad()
+    def synced(self) -> nn.Module:
+        """The copy, holding the live model's parameters, buffers and train/eval modes now."""
+        if self._copy is None:
+            self._copy = replica(self.model)
+            return self._copy
+        for target, source in zip(self._copy.modules(), self.model.modules(), strict=True):
+            target.training = source.training
+        targets = [*self._copy.parameters(), *self._copy.buffers()]
+        torch._foreach_copy_(targets, [*self.model.parameters(), *self.model.buffers()])
+        return self._copy
 
 
 @contextlib.contextmanager

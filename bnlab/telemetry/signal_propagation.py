@@ -37,9 +37,11 @@ def channel_statistics(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def signal_propagation(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{tag: 0-d float64 tensor} of the three families for every block of `model`'s forward pass on x."""
-    twin = replica(model)
+def signal_propagation(model: nn.Module, x: torch.Tensor, twin: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """{tag: 0-d float64 tensor} of the three families for every block of `model`'s forward pass on x.
+
+    `twin`: a copy of the model to work on (`passes.Twin.synced()`), else a fresh `replica`."""
+    twin = replica(model) if twin is None else twin
     records: list[tuple[torch.Tensor, torch.Tensor]] = []
     handles = [block.register_forward_hook(lambda module, inputs, output: records.append((inputs[0], output)))
                for block in twin.blocks]

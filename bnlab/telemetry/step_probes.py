@@ -24,7 +24,7 @@ from bnlab.telemetry import plots
 from bnlab.telemetry.covariate_shift import covariate_shift
 from bnlab.telemetry.gradient_noise import gradient_noise
 from bnlab.telemetry.landscape import landscape, step_sizes
-from bnlab.telemetry.passes import LossFunction, preserved_rng
+from bnlab.telemetry.passes import LossFunction, Twin, preserved_rng
 from bnlab.telemetry.signal_figure import IMAGE_TAG, signal_propagation_figure
 from bnlab.telemetry.signal_propagation import signal_propagation
 
@@ -36,6 +36,7 @@ class StepProbes:
 
     def __init__(self, model: nn.Module, log_cfg, total_steps: int):
         self.model = model
+        self.twin = Twin(model)  # the copy every probe works on, refreshed before each
         self.total_steps = total_steps
         self.switches = {name: bool(getattr(log_cfg, name)) for name in SWITCHES}
         self.landscape_points = int(log_cfg.landscape_points)
@@ -59,13 +60,14 @@ class StepProbes:
             if self.switches["landscape"]:
                 etas = step_sizes(optimizer.param_groups[0]["lr"], self.landscape_points,
                                   self.landscape_max_multiple)
-                tensors.update(landscape(self.model, loss_of, x, y, etas))
+                tensors.update(landscape(self.model, loss_of, x, y, etas, self.twin.synced()))
             if self.switches["covariate_shift"]:
-                tensors.update(covariate_shift(self.model, optimizer, loss_of, x, y))
+                tensors.update(covariate_shift(self.model, optimizer, loss_of, x, y, self.twin.synced()))
             if signal:
-                tensors.update(signal_propagation(self.model, x))
+                tensors.update(signal_propagation(self.model, x, self.twin.synced()))
             if self.switches["gradient_noise"]:
-                tensors.update(gradient_noise(self.model, loss_of, x, y, self.gradient_noise_chunks))
+                tensors.update(gradient_noise(self.model, loss_of, x, y, self.gradient_noise_chunks,
+                                              self.twin.synced()))
         values = dict(zip(tensors, torch.stack(list(tensors.values())).tolist(), strict=True)) if tensors else {}
         images = []
         if signal and self.images and step in (0, self.total_steps - 1):

@@ -4,9 +4,7 @@ off change nothing in the loop, each probe costs the passes it states, and its t
 from __future__ import annotations
 
 import json
-import random
 
-import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose, run_bnlab, scalars, train_in_process
@@ -15,7 +13,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bnlab.errors import ConfigError
 from bnlab.models.nets import DeepNet
-from bnlab.telemetry.passes import preserved_rng
 from bnlab.telemetry.signal_figure import IMAGE_TAG, signal_propagation_figure
 
 ALL_ON = ["log.landscape=true", "log.covariate_shift=true", "log.signal_prop=true",
@@ -104,14 +101,6 @@ def test_every_probe_writes_its_tags_at_measured_steps_and_the_figure_draws_from
     assert list(figure.axes[1].lines[0].get_ydata()) == [at_init[f"signal_prop/var/layer{i:02d}"] for i in range(3)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["landscape/loss_range"] == pytest.approx(tags["landscape/loss_range"][-1][1], rel=1e-6)
-
-
-def test_every_random_generator_is_restored():
-    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    with preserved_rng():
-        torch.rand(3), np.random.rand(3), random.random()
-    assert torch.equal(torch.get_rng_state(), states[0])
-    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
 
 
 @pytest.mark.parametrize("overrides,fragments", [
