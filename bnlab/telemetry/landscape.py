@@ -49,9 +49,9 @@ def landscape(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: torch
     gradient = flat(grads)  # (P,) float64
     losses, changes, smoothness = [loss.double()], [], []
     for eta in etas:
-        with torch.no_grad():
-            for p, start, g in zip(params, origin, grads, strict=True):
-                p.copy_(start - eta * g)
+        with torch.no_grad():  # x - eta * g
+            torch._foreach_copy_(params, origin)
+            torch._foreach_add_(params, grads, alpha=-eta)
         moved_loss, moved_grads = loss_and_grads(twin, loss_of, x, y, params)
         change = torch.linalg.vector_norm(flat(moved_grads) - gradient)
         losses.append(moved_loss.double())
