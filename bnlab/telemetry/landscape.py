@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnlab.telemetry.passes import LossFunction, flat, loss_and_grads, replica
+from bnlab.telemetry.passes import LossFunction, loss_and_grads, replica, total_norm
 
 TAGS = ("landscape/loss_min", "landscape/loss_max", "landscape/loss_range", "landscape/grad_predictiveness",
         "landscape/beta_smoothness")
@@ -46,17 +46,17 @@ def landscape(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: torch
     params = list(twin.parameters())
     origin = [p.detach().clone() for p in params]
     loss, grads = loss_and_grads(twin, loss_of, x, y, params)
-    gradient = flat(grads)  # (P,) float64
+    grad_norm = total_norm(grads)
     losses, changes, smoothness = [loss.double()], [], []
     for eta in etas:
         with torch.no_grad():  # x - eta * g
             torch._foreach_copy_(params, origin)
             torch._foreach_add_(params, grads, alpha=-eta)
         moved_loss, moved_grads = loss_and_grads(twin, loss_of, x, y, params)
-        change = torch.linalg.vector_norm(flat(moved_grads) - gradient)
+        change = total_norm(torch._foreach_sub(moved_grads, grads))
         losses.append(moved_loss.double())
         changes.append(change)
-        smoothness.append(change / (eta * torch.linalg.vector_norm(gradient)))
+        smoothness.append(change / (eta * grad_norm))
     losses_vector = torch.stack(losses)
     values = [losses_vector.min(), losses_vector.max(), losses_vector.max() - losses_vector.min(),
               torch.stack(changes).max(), torch.stack(smoothness).max()]

@@ -89,6 +89,11 @@ def flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
 
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """||tensors as one vector||, 0-d float64: one norm kernel for all of them, no concatenated copy."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).double())
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """<a, b> / (|a| |b|) of two float64 vectors (NaN when either is zero)."""
     return torch.dot(a, b) / (torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
