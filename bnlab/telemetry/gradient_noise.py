@@ -39,8 +39,18 @@ ALL = "all"
 
 def noise_statistics(chunk_grads: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
     """(tr(S), snr, b_simple) of chunk gradients (k, P), as the module docstring defines them."""
-    chunks = chunk_grads.shape[0]
-    return estimates(chunk_grads.var(dim=0).sum(), (chunk_grads.mean(dim=0) ** 2).sum(), chunks, chunk_size)
+    trace, mean_sq = chunk_sums(chunk_grads)
+    return estimates(trace, mean_sq, chunk_grads.shape[0], chunk_size)
+
+
+def chunk_sums(chunk_grads: torch.Tensor) -> torch.Tensor:
+    """(2,) float64: tr(S) and ||g_bar||^2 of chunk gradients (k, ...), sums over coordinates."""
+    stacked = chunk_grads.reshape(chunk_grads.shape[0], -1).double()  # (k, P)
+    mean = stacked.mean(dim=0)  # (P,)
+    # the unbiased variance summed over coordinates (Tensor.var over the chunk dimension measured 20x slower)
+    deviation = (stacked - mean).reshape(-1)  # (k * P,)
+    trace = torch.dot(deviation, deviation) / (stacked.shape[0] - 1)
+    return torch.stack([trace, torch.dot(mean, mean)])
 
 
 def estimates(trace: torch.Tensor, mean_sq: torch.Tensor, chunks: int, chunk_size: int) -> tuple[torch.Tensor, ...]:
@@ -61,20 +71,13 @@ def gradient_noise(model: nn.Module, loss_of: LossFunction, x: torch.Tensor, y: 
     params = list(twin.parameters())
     rows = [loss_and_grads(twin, loss_of, x_chunk, y_chunk, params)[1]  # each ghost batch alone: (b, ...)
             for x_chunk, y_chunk in zip(x.chunk(chunks), y.chunk(chunks), strict=True)]
-    # Per parameter tensor: tr(S) and ||g_bar||^2 are sums over coordinates, so a layer's and the whole
-    # model's are sums of these, and each chunk gradient is read once.
-    sums = []
-    for i in range(len(params)):
-        stacked = torch.stack([grads[i] for grads in rows]).reshape(chunks, -1).double()  # (k, numel)
-        mean = stacked.mean(dim=0)  # (numel,)
-        # the unbiased variance summed over coordinates (Tensor.var over the chunk dimension measured 20x slower)
-        deviation = torch.linalg.vector_norm(stacked - mean) ** 2 / (chunks - 1)
-        sums.append(torch.stack([deviation, torch.dot(mean, mean)]))
-    sums = torch.stack(sums)  # (tensors, 2)
+    # Per parameter tensor, as tr(S) and ||g_bar||^2 of a layer and of the whole model are sums of these.
+    per_tensor = torch.stack([chunk_sums(torch.stack([grads[i] for grads in rows]))  # (k, *shape) in, (2,) out
+                              for i in range(len(params))])  # (tensors, 2)
     index = {id(p): i for i, p in enumerate(params)}
-    groups = [(name, sums[index[id(layer.weight)]]) for name, layer in twin.weight_layers.items()]
+    groups = [(name, per_tensor[index[id(layer.weight)]]) for name, layer in twin.weight_layers.items()]
     values = {}
-    for name, (trace, mean_sq) in [*groups, (ALL, sums.sum(dim=0))]:
+    for name, (trace, mean_sq) in [*groups, (ALL, per_tensor.sum(dim=0))]:
         trace, snr, b_simple = estimates(trace, mean_sq, chunks, len(x) // chunks)
         values[f"{VARIANCE}/{name}"], values[f"{SNR}/{name}"], values[f"{B_SIMPLE}/{name}"] = trace, snr, b_simple
     return values
