@@ -4,7 +4,9 @@ off change nothing in the loop, each probe costs the passes it states, and its t
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose, run_bnlab, scalars, train_in_process
@@ -34,8 +36,11 @@ def test_a_measured_run_ends_bit_identical_to_an_unmeasured_one(tmp_path, arm):
     """Parameters, BatchNorm's buffers (num_batches_tracked included), the optimizer's state and every logged
     loss and accuracy: the probes' extra passes leave no trace in the run they measure."""
     plain = train_in_process(tmp_path / "plain", *TINY, *arm)
+    plain_rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     measured = train_in_process(tmp_path / "measured", *TINY, *arm, *ALL_ON)
     assert plain.status == measured.status == "completed", (plain.error, measured.error)
+    assert torch.equal(torch.get_rng_state(), plain_rng[0])  # each run seeds at its start: the same draws
+    assert np.array_equal(np.random.get_state()[1], plain_rng[1]) and random.getstate() == plain_rng[2]
     assert_same(_final_state(tmp_path / "measured"), _final_state(tmp_path / "plain"))
     plain_tags, measured_tags = scalars(tmp_path / "plain"), scalars(tmp_path / "measured")
     for tag in ("loss/train", "loss/test", "acc/test", "grad_norm/weight/layer00", "update_ratio/layer01"):
