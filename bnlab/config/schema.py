@@ -106,6 +106,15 @@ class LogConfig:
     hist_every: int = 100
     image_every: int | None = None  # None: about ten images per run
     background: bool = True  # measure a step while the next one (if measured) trains, on a compiled thread
+    # Opt-in probes at measured steps (bnlab/telemetry/step_probes.py), each extra passes on a copy of the model:
+    landscape: bool = False  # loss and gradient along -grad (Santurkar et al. 2018, Figure 4)
+    landscape_points: int = 5  # step sizes, doubling up to landscape_max_multiple * lr
+    landscape_max_multiple: float = 4.0
+    covariate_shift: bool = False  # ||G - G'|| and cos(G, G') per layer (Santurkar et al. 2018, Definition 2.1)
+    signal_prop: bool = False  # per-block channel mean^2, variance, residual variance (Brock et al. 2021), step 0
+    signal_prop_over_training: bool = False  # ... and at every measured step
+    gradient_noise: bool = False  # gradient variance, SNR and noise scale across ghost batches
+    gradient_noise_chunks: int = 4  # ghost batches per batch; must divide data.batch_size
 
 
 @dataclass
@@ -191,6 +200,23 @@ def validate(cfg: Any) -> None:
     _positive("log.hist_every", log.hist_every)
     if log.image_every is not None:
         _positive("log.image_every", log.image_every)
+    _positive("log.landscape_points", log.landscape_points)
+    _positive("log.landscape_max_multiple", log.landscape_max_multiple, 0, strict=True)
+    _positive("log.gradient_noise_chunks", log.gradient_noise_chunks, 2)
+    if log.gradient_noise:
+        chunks = log.gradient_noise_chunks
+        if data.batch_size % chunks:
+            divisors = [d for d in range(2, min(data.batch_size, 16) + 1) if data.batch_size % d == 0]
+            hint = f"one of {', '.join(map(str, divisors))}" if divisors else "a divisor of data.batch_size"
+            raise ConfigError(
+                f"log.gradient_noise_chunks={chunks} does not divide data.batch_size={data.batch_size} into equal "
+                f"ghost batches; use {hint}, or a data.batch_size that {chunks} divides"
+            )
+        if norm.name != "none" and data.batch_size // chunks < 2:
+            raise ConfigError(
+                f"log.gradient_noise_chunks={chunks} makes ghost batches of {data.batch_size // chunks} example, too "
+                f"few for BatchNorm to normalize; use at most {data.batch_size // 2} chunks or a larger data.batch_size"
+            )
 
 
 def _at_least(key: str, value: float, minimum: float) -> None:

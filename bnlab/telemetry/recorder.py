@@ -26,6 +26,7 @@ import torch
 
 from bnlab.telemetry.figures import derived_scalars, hidden_layers
 from bnlab.telemetry.probes import Measurement, PendingMeasurement, Probes
+from bnlab.telemetry.step_probes import StepProbes
 from bnlab.telemetry.writer import RunWriter
 
 
@@ -64,6 +65,8 @@ class Telemetry:
         self.total_steps = total_steps
         self.seconds = self.cpu_seconds = 0.0  # in start, finish, render_final and close (bnlab bench reads them)
         self.measured_steps = 0  # steps whose forward and backward passes ran with the probes' hooks
+        self.step_probes = StepProbes.create(model, log_cfg, total_steps)  # the opt-in probes, None when all off
+        self._step_probe_records: tuple[dict[str, float], list] = ({}, [])  # this step's, until `finish`
 
     def due(self, step: int) -> bool:
         """Step 0 (the gradient before any update), every `log.every` steps, and the last step."""
@@ -97,11 +100,22 @@ class Telemetry:
             self.probes.start(histograms=step % self.hist_every == 0)
 
     @_timed
+    def observe_step(self, step: int, optimizer, loss_of, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Run the opt-in probes (`bnlab.telemetry.step_probes`) on copies of this step's model and optimizer,
+        after its backward pass and before its optimizer step; their records go out with `finish`."""
+        if self.step_probes is not None:
+            self._step_probe_records = self.step_probes.measure(step, optimizer, loss_of, x, y)
+
+    @_timed
     def finish(self, step: int, always: dict[str, torch.Tensor | float]) -> None:
         """Write this step's records: `always` (loss, lr) plus the probes' statistics (with `log.background`,
         when the next measured step finishes or `wait` is called)."""
         values = _to_host(always)
         self._flush()  # the step in flight: its weight copies are about to be reused, and records stay in order
+        (probe_values, probe_images), self._step_probe_records = self._step_probe_records, ({}, [])
+        values.update(probe_values)
+        for tag, (data, width, height) in probe_images:
+            self.writer.image_png(tag, data, step, width, height)
         if not self._measuring:
             self._write(step, values, None)
             return

@@ -216,9 +216,15 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
     total, on_divergence, eval_every = cfg.train.steps, cfg.train.on_divergence, cfg.train.eval_every
     checkpoint_every, l1, grad_clip = cfg.train.checkpoint_every, cfg.optim.l1, cfg.optim.grad_clip
     params = list(model.parameters())
-    weights = [layer.weight for layer in model.weight_layers.values()]
     finite_check = FiniteCheck(data.x_train.device)
     accuracy = None
+
+    def loss_of(net, x, y):  # the training objective, which telemetry's opt-in probes evaluate on copies of net
+        loss = F.cross_entropy(net(x), y)
+        if l1 > 0:
+            loss = loss + l1 * sum(layer.weight.abs().sum() for layer in net.weight_layers.values())
+        return loss
+
     progress.start(total, start)
     with stop_on_signals() as stop:
         for step in range(start, total):
@@ -231,13 +237,13 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
                 telemetry.start(step)
             indices = sampler.next_indices()
             x, y = data.x_train[indices], data.y_train[indices]
-            loss = F.cross_entropy(model(x), y)
-            if l1 > 0:
-                loss = loss + l1 * sum(w.abs().sum() for w in weights)
+            loss = loss_of(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if due:
+                telemetry.observe_step(step, optimizer, loss_of, x, y)
             loss_value, finite = finite_check(loss, [p.grad for p in params if p.grad is not None])  # one sync
             if finite:
                 optimizer.step()
