@@ -8,6 +8,7 @@ one loop reads and writes each tensor the fewest times a two-pass BatchNorm can.
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -27,6 +28,13 @@ COMPILED_MAX_NUMEL = 1 << 20
 
 
 def library() -> ctypes.CDLL | None:
+    """The compiled loops, or None where they are switched off (BNLAB_NATIVE=0) or cannot be built. Called
+    several times a layer a step: the switch is read each time, the rest once."""
+    return _library() if build.enabled() else None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
     return build.load((Path(__file__).with_name("batchnorm.cpp"),), SIGNATURES, "BatchNorm uses its PyTorch path")
 
 
