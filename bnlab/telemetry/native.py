@@ -21,6 +21,7 @@ SOURCE = Path(__file__).with_name("rowstats.cpp")
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # every array is passed as its address
 _SIGNATURES = {  # name: (argument types, result type)
     "bnlab_statistics": ([], ctypes.c_char_p),
+    "bnlab_step_check": ([_P], _INT),
     "bnlab_step": ([_P], None),
     "bnlab_step_start": ([_P], _P),
     "bnlab_step_wait": ([_P], None),
@@ -86,7 +87,8 @@ class _Step(ctypes.Structure):
     _fields_ = [(name, _N) for name in ("grads", "weights", "outputs", "activations")] + [
         (name, _P) for name in ("grad", "grad_sizes", "after", "before", "weight_sizes", "output", "output_sizes",
                                 "pre", "post", "activation_sizes", "unit", "unit_shapes", "unit_strides")] + [
-        ("kind", _INT), ("bins", _N), ("placements", _P), ("values", _P), ("histograms", _P)]
+        ("kind", _INT), ("bins", _N), ("placements", _P), ("value_count", _N), ("histogram_count", _N),
+        ("values", _P), ("histograms", _P)]
 
 
 class StepStatistics:
@@ -134,8 +136,13 @@ class StepStatistics:
                   _addresses([post for _, post in activations]), _sizes([pre for pre, _ in activations]), units]
         self._step = _Step(len(grads), len(weights), len(outputs), len(activations), *map(ctypes.addressof, arrays),
                            shapes.ctypes.data, strides.ctypes.data, SATURATION_KINDS.get(activation, 0), bins,
-                           ctypes.addressof(table[0]), self.values.ctypes.data,
+                           ctypes.addressof(table[0]), value_count, histogram_count, self.values.ctypes.data,
                            self.histograms.ctypes.data if histogram_count else None)
+        if (unplaceable := self._lib.bnlab_step_check(ctypes.byref(self._step))) >= 0:
+            name = _names(self._lib)[unplaceable]
+            raise ValueError(f"{name} cannot go where it is placed ({[p for p in placements if p[0] == name]}): "
+                             f"its layers' values must fit in the step's {value_count} values "
+                             f"({histogram_count} histogram rows)")
         self._keep = (grads, weights, outputs, activations, pres, copies, shapes, strides, table, arrays)
         if background:
             self._thread = self._lib.bnlab_step_start(ctypes.byref(self._step))

@@ -251,7 +251,11 @@ void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, i
     X(grad_histogram)
 #define BNLAB_ENUM(name) name,
 #define BNLAB_NAME(name) #name " "
-enum class Statistic { BNLAB_STATISTICS(BNLAB_ENUM) };
+enum class Statistic { BNLAB_STATISTICS(BNLAB_ENUM) COUNT };
+
+bool is_histogram(Statistic which) {
+    return which == Statistic::preact_histogram || which == Statistic::grad_histogram;
+}
 
 }  // namespace
 
@@ -285,9 +289,40 @@ struct Step {
     int kind;                                       // the saturation test (saturated_fraction)
     int64_t bins;                                   // histogram bins (<= 255)
     const Placement *placements;                    // one per Statistic
+    int64_t value_count, histogram_count;           // the sizes of values and of histograms (rows)
     double *values;                                 // out: the scalars
     double *histograms;                             // out: rows of 5 + 2 bins (histogram_row)
 };
+
+namespace {
+
+// How many layers statistic `which` has a value for in step s.
+int64_t layers(const Step *s, Statistic which) {
+    switch (which) {
+        case Statistic::grad_norm: case Statistic::grad_histogram: return s->grads;
+        case Statistic::weight_norm: case Statistic::update_ratio: return s->weights;
+        case Statistic::output_grad_norm: return s->outputs;
+        default: return s->activations;
+    }
+}
+
+}  // namespace
+
+// -1 if bnlab_step can fill every placement of s: each within its output (values or histogram rows), at most
+// MAX_RANKS / 2 percentiles of a statistic, 1 to 255 bins where there are histograms; else the first
+// statistic (its index in Step::placements) it cannot. Called before bnlab_step, which trusts it.
+int bnlab_step_check(const Step *s) {
+    for (int k = 0; k < int(Statistic::COUNT); ++k) {
+        Statistic which = Statistic(k);
+        const Placement &p = s->placements[k];
+        int64_t size = is_histogram(which) ? s->histogram_count : s->value_count;
+        if (p.count > MAX_RANKS / 2 || (p.count && is_histogram(which) && !(s->bins >= 1 && s->bins <= 255)))
+            return k;
+        for (int64_t j = 0; j < p.count; ++j)
+            if (p.offsets[j] < 0 || p.offsets[j] + layers(s, which) > size) return k;
+    }
+    return -1;
+}
 
 // The names of the statistics bnlab_step measures, separated by spaces, in the order of Step::placements.
 const char *bnlab_statistics() { return BNLAB_STATISTICS(BNLAB_NAME); }

@@ -192,6 +192,12 @@ def test_bad_arguments_name_the_value():
         native.StepStatistics([], [], [], [], [], [], 0, "relu", (("preact_percentile", 0.5, 0),) * 9, 1)
     with pytest.raises(ValueError, match="measure no 'act_max'; they measure grad_norm, weight_norm"):
         native.StepStatistics([], [], [], [], [], [], 0, "relu", (("act_max", None, 0),), 1)
+    weights = [torch.ones(3), torch.ones(4)]  # two layers: update_ratio at offset 1 would write values[2]
+    with pytest.raises(ValueError, match=r"update_ratio cannot go where it is placed \(\[\('update_ratio', None, 1\)"
+                                         r"\]\): .* the step's 2 values"):
+        native.StepStatistics([], weights, weights, [], [], [], 0, "relu", (("update_ratio", None, 1),), 2)
+    with pytest.raises(ValueError, match="grad_norm cannot go"):
+        native.StepStatistics(weights, [], [], [], [], [], 0, "relu", (("grad_norm", None, -1),), 2)
 
 
 def test_every_declared_statistic_has_a_pytorch_computation_and_a_compiled_loop():
