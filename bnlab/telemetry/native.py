@@ -2,7 +2,7 @@
 float32 tensors in one call, built and loaded by bnlab's one loader (`bnlab.nn.kernels.build`, switched off by
 `BNLAB_NATIVE=0`), called through ctypes. Where `library()` is None, `bnlab.telemetry.statistics` computes
 the same statistics with PyTorch ops (the reference this is tested against). Where each value goes is the
-probes' layout (`bnlab.telemetry.probes.SCALARS`), handed over as offsets; the compiled code only names the
+layout Python declares (`bnlab.telemetry.layout`), handed over as offsets; the compiled code only names the
 statistics it measures (`statistics()`).
 """
 
@@ -96,7 +96,7 @@ class StepStatistics:
     call, on a thread of its own when `background` (it never takes the GIL, so the training thread never waits
     for it).
 
-    `placements`: (statistic, q, offset) for each tag family to fill, as the probes' layout places it: the
+    `placements`: (statistic, q, offset) for each tag family to fill, as `layout.step_layout` places it: the
     statistic's value of layer i goes to `values[offset + i]` (a histogram's row to `histograms[offset + i]`;
     `q`: a percentile's fraction, else None). Every statistic must be one of `statistics()`. `values` holds
     `value_count` scalars (NaN where nothing was placed), `histograms` `histogram_count` rows of
