@@ -1,7 +1,9 @@
 """bnlab's compiled telemetry loops (`rowstats.cpp` beside this file): a measured step's statistics of CPU
 float32 tensors in one call, built and loaded by bnlab's one loader (`bnlab.nn.kernels.build`, switched off by
 `BNLAB_NATIVE=0`), called through ctypes. Where `library()` is None, `bnlab.telemetry.statistics` computes
-the same statistics with PyTorch ops (the reference this is tested against).
+the same statistics with PyTorch ops (the reference this is tested against). Where each value goes is the
+layout Python declares (`bnlab.telemetry.layout`), handed over as offsets; the compiled code only names the
+statistics it measures (`statistics()`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from bnlab.nn.kernels import build
 SOURCE = Path(__file__).with_name("rowstats.cpp")
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # every array is passed as its address
 _SIGNATURES = {  # name: (argument types, result type)
-    "bnlab_moments": ([_N, _P, _P, _INT, _P], None),
-    "bnlab_update_norms": ([_N, _P, _P, _P, _P], None),
-    "bnlab_histograms": ([_N, _P, _P, _N, _P, _P, _P], None),
-    "bnlab_saturated": ([_N, _P, _P, _P, _INT, _P], None),
+    "bnlab_statistics": ([], ctypes.c_char_p),
+    "bnlab_step_check": ([_P], _INT),
     "bnlab_step": ([_P], None),
     "bnlab_step_start": ([_P], _P),
     "bnlab_step_wait": ([_P], None),
 }
 SATURATION_KINDS = {"sigmoid": 1, "tanh": 2, "relu": 3, "gelu": 4}
+MAX_PERCENTILES = 8  # of one statistic in one step (rowstats.cpp's MAX_RANKS / 2)
+MAX_BINS = 255  # rowstats.cpp's histogram tallies
 
 
 def library() -> ctypes.CDLL | None:
@@ -40,77 +42,75 @@ def handles(tensors: list[torch.Tensor]) -> bool:
         and library() is not None
 
 
-# The wrappers below take lists of CPU float32 tensors (see `handles`) and return float64 numpy arrays (a
-# training step's measurement calls them on a worker thread, where every Python op competes for the GIL).
+def statistics() -> tuple[str, ...]:
+    """The names of the statistics the compiled loops measure (rowstats.cpp's BNLAB_STATISTICS), in the
+    order `bnlab_step` takes their placements; () where they are not available."""
+    lib = library()
+    return _names(lib) if lib is not None else ()
 
 
-def moments(tensors: list[torch.Tensor], centered: bool = True) -> np.ndarray:
-    """(len, 6): sum, sum of squares, min, max, mean, population std (0 unless `centered`) of each tensor."""
-    tensors = [_dense(t) for t in tensors]
-    out = np.empty((len(tensors), 6))
-    library().bnlab_moments(len(tensors), _addresses(tensors), _sizes(tensors), int(centered), out.ctypes.data)
-    return out
+@functools.cache
+def _names(lib: ctypes.CDLL) -> tuple[str, ...]:
+    return tuple(lib.bnlab_statistics().decode().split())
 
 
-def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> np.ndarray:
-    """(len, 2): the L2 norms of after[i] and of after[i] - before[i], each difference exact (in float64)."""
-    pairs = [_same_layout(x, y) for x, y in zip(after, before, strict=True)]
-    after, before = [x for x, _ in pairs], [y for _, y in pairs]
-    out = np.empty((len(after), 2))
-    library().bnlab_update_norms(len(after), _addresses(after), _addresses(before), _sizes(after), out.ctypes.data)
-    return out
+@functools.lru_cache(maxsize=16)
+def _placements(lib: ctypes.CDLL, placements: tuple[tuple[str, float | None, int], ...]):
+    """`bnlab_step`'s table of placements, one per statistic it measures (the same few layouts step after
+    step), and the arrays it points to."""
+    names = _names(lib)
+    places: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
+    for statistic, q, offset in placements:
+        if statistic not in places:
+            raise ValueError(f"the compiled statistics measure no {statistic!r}; they measure {', '.join(names)}")
+        places[statistic].append((0.0 if q is None else q, offset))
+    for statistic in ("preact_percentile", "unit_percentile"):
+        if len(places[statistic]) > MAX_PERCENTILES:
+            raise ValueError(f"at most {MAX_PERCENTILES} percentiles of {statistic} a step, "
+                             f"got {len(places[statistic])}")
+    offsets = [np.array([offset for _, offset in places[name]], dtype=np.int64) for name in names]
+    qs = [np.array([q for q, _ in places[name]], dtype=np.float64) for name in names]
+    table = (_Placement * len(names))(*(_Placement(len(o), o.ctypes.data, q.ctypes.data)
+                                         for o, q in zip(offsets, qs, strict=True)))
+    return table, offsets, qs
 
 
-def histogram_counts(tensors: list[torch.Tensor], edges: np.ndarray) -> np.ndarray:
-    """(len, bins) counts of each tensor over its row of float64 `edges` (len, bins + 1), which must be
-    numpy's linspace edges (as `statistics` makes them): the loop reads their ends and recomputes the rest."""
-    tensors = [_dense(t) for t in tensors]
-    edges = np.ascontiguousarray(edges, dtype=np.float64)
-    bins = edges.shape[1] - 1
-    if not 0 < bins <= 255:
-        raise ValueError(f"histograms take 1 to 255 bins, got {bins}")
-    scratch = np.empty(max(t.numel() for t in tensors), dtype=np.int32)
-    out = np.empty((len(tensors), bins))
-    library().bnlab_histograms(len(tensors), _addresses(tensors), _sizes(tensors), bins, edges.ctypes.data,
-                               scratch.ctypes.data, out.ctypes.data)
-    return out
+class _Placement(ctypes.Structure):
+    """rowstats.cpp's `Placement`: where one statistic's values go."""
 
-
-def saturated(activation: str, pres: list[torch.Tensor], posts: list[torch.Tensor]) -> np.ndarray:
-    """(len,): the fraction of each layer's units in the flat part of its nonlinearity
-    (bnlab.telemetry.probes.saturated_mask's thresholds)."""
-    pairs = [_same_layout(pre, post) for pre, post in zip(pres, posts, strict=True)]
-    pres, posts = [pre for pre, _ in pairs], [post for _, post in pairs]
-    out = np.empty(len(pres))
-    library().bnlab_saturated(len(pres), _addresses(pres), _addresses(posts), _sizes(pres),
-                              SATURATION_KINDS.get(activation, 0), out.ctypes.data)
-    return out
+    _fields_ = [("count", _N), ("offsets", _P), ("qs", _P)]
 
 
 class _Step(ctypes.Structure):
-    """csrc/rowstats.cpp's `Step`: one measured step's tensors and where its statistics go."""
+    """rowstats.cpp's `Step`: one measured step's tensors and where its statistics go."""
 
     _fields_ = [(name, _N) for name in ("grads", "weights", "outputs", "activations")] + [
         (name, _P) for name in ("grad", "grad_sizes", "after", "before", "weight_sizes", "output", "output_sizes",
                                 "pre", "post", "activation_sizes", "unit", "unit_shapes", "unit_strides")] + [
-        ("kind", _INT), ("percentile_count", _INT), ("qs", _P), ("bins", _N), ("values", _P), ("histograms", _P)]
+        ("kind", _INT), ("bins", _N), ("placements", _P), ("value_count", _N), ("histogram_count", _N),
+        ("values", _P), ("histograms", _P)]
 
 
 class StepStatistics:
-    """A measured step's statistics (bnlab.telemetry.probes.Capture.measure) computed in one compiled call, on a thread
-    of its own when `background` (it never takes the GIL, so the training thread never waits for it).
+    """A measured step's statistics (bnlab.telemetry.probes.Capture.start_measuring) computed in one compiled
+    call, on a thread of its own when `background` (it never takes the GIL, so the training thread never waits
+    for it).
 
-    `values`: the scalars in the probes' tag order; `histograms`: a `statistics.histogram_rows` row of
-    each preactivation, then each gradient (None with bins=0). Read them after `wait()`. The tensors must
-    not change until then (this object keeps them alive)."""
+    `placements`: (statistic, q, offset) for each tag family to fill, as `layout.step_layout` places it: the
+    statistic's value of layer i goes to `values[offset + i]` (a histogram's row to `histograms[offset + i]`;
+    `q`: a percentile's fraction, else None). Every statistic must be one of `statistics()`. `values` holds
+    `value_count` scalars (NaN where nothing was placed), `histograms` `histogram_count` rows of
+    `statistics.histogram_rows` with `bins` bins (None without rows). Read them after `wait()`. The tensors
+    must not change until then (this object keeps them alive)."""
 
-    def __init__(self, grads, after, before, outputs, pres, posts, unit: int, activation: str, qs: list[float],
-                 bins: int, background: bool):
+    def __init__(self, grads, after, before, outputs, pres, posts, unit: int, activation: str,
+                 placements: tuple[tuple[str, float | None, int], ...], value_count: int, histogram_count: int = 0,
+                 bins: int = 0, background: bool = False):
         self._thread = None
-        if not 0 <= bins <= 255:
-            raise ValueError(f"histograms take 1 to 255 bins (0: none), got {bins}")
-        if len(qs) > 8:
-            raise ValueError(f"at most 8 percentiles a step, got {len(qs)}")
+        if histogram_count and not 0 < bins <= MAX_BINS:
+            raise ValueError(f"histograms take 1 to {MAX_BINS} bins, got {bins}")
+        self._lib = library()
+        table = _placements(self._lib, tuple(placements))
         grads, outputs = [_dense(t) for t in grads], [_dense(t) for t in outputs]
         weights = [_same_layout(x, y) for x, y in zip(after, before, strict=True)]
         activations = [_same_layout(pre, post) for pre, post in zip(pres, posts, strict=True)]
@@ -128,20 +128,22 @@ class StepStatistics:
         units = (ctypes.c_void_p * len(units))(*units)
         shapes = np.array([size for size, _ in dims], dtype=np.int64)
         strides = np.array([step for _, step in dims], dtype=np.int64)
-        qs = np.asarray(qs, dtype=np.float64)
-        count = len(grads) + 2 * len(weights) + len(outputs) + (5 + 2 * len(qs)) * len(activations)
-        self.values = np.empty(count)
-        self.histograms = np.empty((len(activations) + len(grads), 5 + 2 * bins)) if bins else None
+        self.values = np.full(value_count, np.nan)
+        self.histograms = np.zeros((histogram_count, 5 + 2 * bins)) if histogram_count else None
         arrays = [_addresses(grads), _sizes(grads), _addresses([x for x, _ in weights]),
                   _addresses([y for _, y in weights]), _sizes([x for x, _ in weights]), _addresses(outputs),
                   _sizes(outputs), _addresses([pre for pre, _ in activations]),
                   _addresses([post for _, post in activations]), _sizes([pre for pre, _ in activations]), units]
         self._step = _Step(len(grads), len(weights), len(outputs), len(activations), *map(ctypes.addressof, arrays),
-                           shapes.ctypes.data, strides.ctypes.data, SATURATION_KINDS.get(activation, 0), len(qs),
-                           qs.ctypes.data, bins, self.values.ctypes.data,
-                           self.histograms.ctypes.data if bins else None)
-        self._keep = (grads, weights, outputs, activations, pres, copies, shapes, strides, qs, arrays)
-        self._lib = library()
+                           shapes.ctypes.data, strides.ctypes.data, SATURATION_KINDS.get(activation, 0), bins,
+                           ctypes.addressof(table[0]), value_count, histogram_count, self.values.ctypes.data,
+                           self.histograms.ctypes.data if histogram_count else None)
+        if (unplaceable := self._lib.bnlab_step_check(ctypes.byref(self._step))) >= 0:
+            name = _names(self._lib)[unplaceable]
+            raise ValueError(f"{name} cannot go where it is placed ({[p for p in placements if p[0] == name]}): "
+                             f"its layers' values must fit in the step's {value_count} values "
+                             f"({histogram_count} histogram rows)")
+        self._keep = (grads, weights, outputs, activations, pres, copies, shapes, strides, table, arrays)
         if background:
             self._thread = self._lib.bnlab_step_start(ctypes.byref(self._step))
         else:

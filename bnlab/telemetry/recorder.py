@@ -95,9 +95,12 @@ class Telemetry:
         self._measuring = self.probes is not None
         if self._measuring:
             self.measured_steps += 1
-            if self.probes.start_copies():  # a weight copy the step in flight may still be reading
+            # the step count tells the probes whether the copy of the weights after the step before is this
+            # step's weights before (no optimizer step in between); if not, they copy the weights into a set
+            # the step in flight may still be reading
+            if self.probes.start_copies(step):
                 self._flush()
-            self.probes.start(histograms=step % self.hist_every == 0)
+            self.probes.start(step, histograms=step % self.hist_every == 0)
 
     @_timed
     def observe_step(self, step: int, optimizer, loss_of, x: torch.Tensor, y: torch.Tensor) -> None:

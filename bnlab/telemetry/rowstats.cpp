@@ -1,11 +1,14 @@
-// bnlab's row statistics of float32 tensors on the CPU, each in one call for all of a step's rows.
+// bnlab's compiled telemetry: a measured training step's statistics of float32 tensors on the CPU in one call,
+// bnlab_step, which can run on a thread of its own while the next step trains (bnlab_step_start / _wait): it
+// never touches Python, so it never waits for the GIL nor makes the training thread wait for it.
 //
-// The PyTorch path (bnlab/rowstats.py) spends its time on the overhead of hundreds of small ops, not
-// on arithmetic; here each statistic is one loop over each row. Every sum is accumulated in double (a
-// float32's square is exact in double, so no norm under- or overflows). Histogram bins come from
-// arithmetic, corrected against numpy's float64 edges, not from a sort. At the end, bnlab_step: a
-// whole training step's measurement in one call, which can run on a thread of its own. Built by
-// bnlab/native.py with the system's C++ compiler; called through ctypes.
+// The PyTorch path (bnlab/telemetry/statistics.py, the reference this is tested against) spends its time on
+// the overhead of hundreds of small ops, not on arithmetic; here each statistic is one loop over each row.
+// Every sum is accumulated in double (a float32's square is exact in double, so no norm under- or
+// overflows). Histogram bins come from arithmetic, corrected against numpy's float64 edges, not from a sort;
+// percentiles select their order statistics without sorting. Where each value goes is Python's layout
+// (Step::placements); this file only names what it can measure (BNLAB_STATISTICS). Built by bnlab's loader
+// (bnlab/nn/kernels/build.py) with the system's C++ compiler; called through ctypes (native.py).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -74,7 +77,7 @@ double fraction(const float *x, const float *y, int64_t n, Flat flat) {
     return lane_sum(n, [=](int64_t i) { return double(flat(x[i], y[i])); }) / double(n);
 }
 
-// The fraction of a row's units in the flat part of its nonlinearity (bnlab.probes.saturated_mask): kind 1
+// The fraction of a row's units in the flat part of its nonlinearity (bnlab.telemetry.probes.saturated_mask): kind 1
 // sigmoid, 2 tanh, 3 relu, 4 gelu, anything else never. Thresholds are float32, as torch compares a float32 tensor.
 double saturated_fraction(int kind, const float *x, const float *y, int64_t n) {
     switch (kind) {
@@ -86,26 +89,36 @@ double saturated_fraction(int kind, const float *x, const float *y, int64_t n) {
     }
 }
 
-// The counts of x's n values in `bins` bins between numpy's float64 edges first..last (see
-// bnlab_histograms), into counts[0 .. bins); bins <= 255.
-void histogram(const float *x, int64_t n, int64_t bins, double first, double last, int32_t *scratch,
-               double *counts) {
+// numpy's linspace edge k of `bins` bins from first to last: k * step + first (rounded twice: built with
+// -ffp-contract=off), the last edge `last` itself. k is a double so that the loops using it vectorize.
+inline double edge(double k, double bins, double first, double last, double step) {
+    return k < bins ? k * step + first : last;
+}
+
+// A histogram row (bnlab.telemetry.statistics.histogram_rows: min, max, count, sum, sum of squares, then the
+// counts of `bins` bins, then their right edges) of x's n values whose `sums` are `m`, as numpy.histogram(x,
+// bins, range=(min, max)) makes it: bin k holds edge[k] <= x < edge[k + 1], the last bin also the maximum; a
+// row of equal values gets the range (value - 0.5, value + 0.5); without finite ends nothing is counted.
+// bins <= 255; `scratch` holds n bin indices.
+void histogram_row(const float *x, int64_t n, const Sums &m, int64_t bins, int32_t *scratch, double *row) {
+    double low = m.low, high = m.high;
+    double first = low == high ? low - 0.5 : low, last = low == high ? high + 0.5 : high;
+    double step = (last - first) / double(bins), scale = double(bins) / (last - first);
+    row[0] = low, row[1] = high, row[2] = double(n), row[3] = m.sum, row[4] = m.squares;
+    double *counts = row + 5, *right_edges = row + 5 + bins;
+    for (int64_t k = 1; k <= bins; ++k) right_edges[k - 1] = edge(double(k), double(bins), first, last, step);
     std::fill(counts, counts + bins, 0.0);
     if (!std::isfinite(first) || !std::isfinite(last) || !(last > first)) return;
-    // numpy.histogram's steps: a guess from arithmetic (off by at most one), then one correction
-    // each way against the edges, which are recomputed as numpy's linspace makes them (k * step +
-    // first, rounded twice: built with -ffp-contract=off) rather than read from a table, so the
-    // loop has neither branches nor gathers and is vectorized (-fno-trapping-math). Bin `bins`
-    // marks a value outside the edges, or NaN.
-    double step = (last - first) / double(bins), scale = double(bins) / (last - first);
+    // numpy.histogram's steps: a guess from arithmetic (off by at most one), then one correction each way
+    // against the edges, recomputed (not read from a table) so the loop has neither branches nor gathers and
+    // is vectorized (-fno-trapping-math). Bin `bins` marks a value outside the edges, or NaN.
     double top = double(bins - 1), outside = double(bins);
     for (int64_t i = 0; i < n; ++i) {
         double v = x[i];
         double g = (v - first) * scale;
         g = g > 0.0 ? g : 0.0;  // NaN too
         double k = std::trunc(g < top ? g : top);
-        double below = k * step + first;
-        double above = k + 1 < outside ? (k + 1) * step + first : last;
+        double below = edge(k, outside, first, last, step), above = edge(k + 1, outside, first, last, step);
         k -= v < below && k > 0 ? 1.0 : 0.0;
         k += v >= above && k < top ? 1.0 : 0.0;  // (after a step down, v < the new upper edge)
         k = v >= first && v <= last ? k : outside;
@@ -119,62 +132,18 @@ void histogram(const float *x, int64_t n, int64_t bins, double first, double las
     for (int64_t k = 0; k < bins; ++k) counts[k] = double(tally[0][k] + tally[1][k] + tally[2][k] + tally[3][k]);
 }
 
-}  // namespace
-
-extern "C" {
-
-// For each row: out[6 i ..] = sum, sum of squares, min, max, mean, population std (two-pass).
-// With centered = 0 the std (a second pass over the row) is skipped and left 0.
-void bnlab_moments(int64_t count, const float *const *rows, const int64_t *sizes, int centered, double *out) {
-    for (int64_t r = 0; r < count; ++r) {
-        int64_t n = sizes[r];
-        Sums s = sums(rows[r], n);
-        double mean = s.sum / n;
-        double *o = out + 6 * r;
-        o[0] = s.sum, o[1] = s.squares, o[2] = s.low, o[3] = s.high, o[4] = mean;
-        o[5] = centered ? population_std(rows[r], n, mean) : 0.0;
-    }
+// The L2 norm of a row, summed in double.
+double norm(const float *x, int64_t n) {
+    return std::sqrt(lane_sum(n, [x](int64_t i) { return double(x[i]) * double(x[i]); }));
 }
 
-// For each pair of rows (a weight after and before a step): out[2 r] = |after|, out[2 r + 1] =
-// |after - before|, each difference exact in double. One row after the other, so the second pass
-// over `after` reads it from the cache.
-void bnlab_update_norms(int64_t count, const float *const *after, const float *const *before, const int64_t *sizes,
-                        double *out) {
-    for (int64_t r = 0; r < count; ++r) {
-        const float *x = after[r], *y = before[r];
-        out[2 * r] = std::sqrt(lane_sum(sizes[r], [x](int64_t i) { return double(x[i]) * double(x[i]); }));
-        auto step = [x, y](int64_t i) { return (double(x[i]) - y[i]) * (double(x[i]) - y[i]); };
-        out[2 * r + 1] = std::sqrt(lane_sum(sizes[r], step));
-    }
+// The L2 norm of after - before, each difference exact in double.
+double difference_norm(const float *after, const float *before, int64_t n) {
+    return std::sqrt(lane_sum(n, [=](int64_t i) {
+        double step = double(after[i]) - before[i];
+        return step * step;
+    }));
 }
-
-// Histogram counts of each row over `bins` bins with the given float64 edges (edges[r * (bins + 1) ..],
-// numpy's): bin k holds edge[k] <= x < edge[k + 1], the last bin also its right edge. Values outside
-// the edges or NaN are not counted; a row whose edges are not finite counts nothing. `scratch` holds
-// the longest row's bin indices.
-void bnlab_histograms(int64_t count, const float *const *rows, const int64_t *sizes, int64_t bins,
-                      const double *edges, int32_t *scratch, double *counts) {
-    if (bins > 255) return;  // the tallies hold 256 bins (bnlab.native checks this first)
-    for (int64_t r = 0; r < count; ++r)
-        histogram(rows[r], sizes[r], bins, edges[r * (bins + 1)], edges[r * (bins + 1) + bins], scratch,
-                  counts + r * bins);
-}
-
-// saturated_fraction of each row.
-void bnlab_saturated(int64_t count, const float *const *pre, const float *const *post, const int64_t *sizes,
-                     int kind, double *out) {
-    for (int64_t r = 0; r < count; ++r) out[r] = saturated_fraction(kind, pre[r], post[r], sizes[r]);
-}
-
-}  // extern "C"
-
-// ---------------------------------------------------------------------------------------------------
-// One training step's whole measurement (bnlab.probes.Capture.measure on CPU float32 tensors) in one
-// call, which can run on a thread of its own while the next step trains (bnlab_step_start / _wait):
-// it never touches Python, so it never waits for the GIL nor makes the training thread wait for it.
-
-namespace {
 
 // A float's bits as an unsigned key in the order numpy sorts: -inf .. -0, +0 .. +inf, then NaN.
 inline uint32_t sort_key(float v) {
@@ -262,7 +231,9 @@ void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, i
     int unique = int(std::unique(ranks, ranks + 2 * count) - ranks);
     uint32_t found[MAX_RANKS];
     select_ranks(keys, n, ranks, unique, found, spare);
-    auto value = [&](int64_t rank) { return double(key_value(found[std::lower_bound(ranks, ranks + unique, rank) - ranks])); };
+    auto value = [&](int64_t rank) {
+        return double(key_value(found[std::lower_bound(ranks, ranks + unique, rank) - ranks]));
+    };
     for (int j = 0; j < count; ++j) {
         double position = qs[j] * double(n - 1), frac = position - double(lower[j]);
         double below = value(lower[j]), above = value(std::min(lower[j] + 1, n - 1));
@@ -271,13 +242,37 @@ void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, i
     }
 }
 
+// The statistics bnlab_step measures, by the names Python's layout gives them (bnlab.telemetry.probes.SCALARS
+// and HISTOGRAMS); bnlab_statistics() lists them in this order, the order of Step::placements. Adding one: its
+// name here, its loop in bnlab_step.
+#define BNLAB_STATISTICS(X)                                                                                      \
+    X(grad_norm) X(weight_norm) X(update_ratio) X(output_grad_norm) X(preact_mean) X(preact_std)              \
+    X(preact_percentile) X(unit_percentile) X(act_mean) X(act_std) X(act_saturated) X(preact_histogram)      \
+    X(grad_histogram)
+#define BNLAB_ENUM(name) name,
+#define BNLAB_NAME(name) #name " "
+enum class Statistic { BNLAB_STATISTICS(BNLAB_ENUM) COUNT };
+
+bool is_histogram(Statistic which) {
+    return which == Statistic::preact_histogram || which == Statistic::grad_histogram;
+}
+
 }  // namespace
 
 extern "C" {
 
+// Where one statistic's values go, as Python's layout places them: for each of `count` places (0: not
+// measured), layer i's value at values[offsets[j] + i] (a histogram: its row at histograms[offsets[j] + i]);
+// a percentile's place j holds the fraction qs[j].
+struct Placement {
+    int64_t count;
+    const int64_t *offsets;
+    const double *qs;
+};
+
 // The tensors of one measured step and where its statistics go. Pointer arrays hold each tensor's
 // data (dense: contiguous or channels-last, pairs in the same layout). A unit tensor (a preactivation's
-// unit UNIT over the batch and positions) is strided: unit_shapes and unit_strides (in elements) give
+// unit over the batch and positions) is strided: unit_shapes and unit_strides (in elements) give
 // 3 dims each, padded with 1.
 struct Step {
     int64_t grads, weights, outputs, activations;  // how many of each
@@ -291,74 +286,119 @@ struct Step {
     const int64_t *activation_sizes;
     const float *const *unit;
     const int64_t *unit_shapes, *unit_strides;
-    int kind;                                       // the saturation test (bnlab_saturated)
-    int percentile_count;
-    const double *qs;                               // the percentiles' fractions
-    int64_t bins;                                   // histogram bins; 0: no histograms
-    // Out: the scalars in bnlab.probes' tag order: grad_norm/weight, weight_norm, update_ratio,
-    // grad_norm/output, preact/mean, preact/std, preact/<q> for each q, preact/unit/<q> for each q,
-    // act/mean, act/std, act/saturated (each one value a layer, families with no layer left out).
-    double *values;
-    // Out: with bins, a histogram row (bnlab.rowstats.histogram_rows) of each preactivation, then of each
-    // gradient.
-    double *histograms;
+    int kind;                                       // the saturation test (saturated_fraction)
+    int64_t bins;                                   // histogram bins (<= 255)
+    const Placement *placements;                    // one per Statistic
+    int64_t value_count, histogram_count;           // the sizes of values and of histograms (rows)
+    double *values;                                 // out: the scalars
+    double *histograms;                             // out: rows of 5 + 2 bins (histogram_row)
 };
 
+namespace {
+
+// How many layers statistic `which` has a value for in step s.
+int64_t layers(const Step *s, Statistic which) {
+    switch (which) {
+        case Statistic::grad_norm: case Statistic::grad_histogram: return s->grads;
+        case Statistic::weight_norm: case Statistic::update_ratio: return s->weights;
+        case Statistic::output_grad_norm: return s->outputs;
+        default: return s->activations;
+    }
+}
+
+}  // namespace
+
+// -1 if bnlab_step can fill every placement of s: each within its output (values or histogram rows), at most
+// MAX_RANKS / 2 percentiles of a statistic, 1 to 255 bins where there are histograms; else the first
+// statistic (its index in Step::placements) it cannot. Called before bnlab_step, which trusts it.
+int bnlab_step_check(const Step *s) {
+    for (int k = 0; k < int(Statistic::COUNT); ++k) {
+        Statistic which = Statistic(k);
+        const Placement &p = s->placements[k];
+        int64_t size = is_histogram(which) ? s->histogram_count : s->value_count;
+        if (p.count > MAX_RANKS / 2 || (p.count && is_histogram(which) && !(s->bins >= 1 && s->bins <= 255)))
+            return k;
+        for (int64_t j = 0; j < p.count; ++j)
+            if (p.offsets[j] < 0 || p.offsets[j] + layers(s, which) > size) return k;
+    }
+    return -1;
+}
+
+// The names of the statistics bnlab_step measures, separated by spaces, in the order of Step::placements.
+const char *bnlab_statistics() { return BNLAB_STATISTICS(BNLAB_NAME); }
+
 void bnlab_step(const Step *s) {
-    const int64_t A = s->activations, Q = s->percentile_count, row = 5 + 2 * s->bins;
-    double *v = s->values;
-    auto histogram_row = [&](const float *x, int64_t n, const Sums &m, double *h) {
-        double low = m.low, high = m.high;
-        double first = low == high ? low - 0.5 : low, last = low == high ? high + 0.5 : high;
-        double step = (last - first) / double(s->bins);  // numpy's linspace: k * step + first, then last
-        h[0] = low, h[1] = high, h[2] = double(n), h[3] = m.sum, h[4] = m.squares;
-        double *counts = h + 5, *edges = h + 5 + s->bins;
-        for (int64_t k = 1; k < s->bins; ++k) edges[k - 1] = double(k) * step + first;
-        edges[s->bins - 1] = last;
-        std::vector<int32_t> scratch(n);
-        histogram(x, n, s->bins, first, last, scratch.data(), counts);  // counts 0 without finite ends
+    auto at = [s](Statistic which) -> const Placement & { return s->placements[int(which)]; };
+    auto wanted = [&](Statistic which) { return at(which).count > 0; };
+    auto put = [&](Statistic which, int64_t layer, double value) {
+        const Placement &p = at(which);
+        for (int64_t j = 0; j < p.count; ++j) s->values[p.offsets[j] + layer] = value;
     };
-    for (int64_t i = 0; i < s->grads; ++i) {
-        Sums m = sums(s->grad[i], s->grad_sizes[i]);
-        *v++ = std::sqrt(m.squares);
-        if (s->bins) histogram_row(s->grad[i], s->grad_sizes[i], m, s->histograms + (A + i) * row);
-    }
-    double norms[2];
-    for (int64_t i = 0; i < s->weights; ++i) {
-        bnlab_update_norms(1, s->after + i, s->before + i, s->weight_sizes + i, norms);
-        v[i] = norms[0], v[s->weights + i] = norms[1] / norms[0];
-    }
-    v += 2 * s->weights;
-    for (int64_t i = 0; i < s->outputs; ++i) *v++ = std::sqrt(sums(s->output[i], s->output_sizes[i]).squares);
+    const int64_t width = 5 + 2 * s->bins;
+    std::vector<int32_t> scratch;
+    auto put_histogram = [&](Statistic which, int64_t layer, const float *x, int64_t n, const Sums &m) {
+        const Placement &p = at(which);
+        if (p.count == 0) return;
+        double *first = s->histograms + (p.offsets[0] + layer) * width;
+        scratch.resize(std::max<size_t>(scratch.size(), n));
+        histogram_row(x, n, m, s->bins, scratch.data(), first);
+        for (int64_t j = 1; j < p.count; ++j)
+            std::copy(first, first + width, s->histograms + (p.offsets[j] + layer) * width);
+    };
     std::vector<uint32_t> keys, spare;
-    std::vector<double> q(Q);
-    for (int64_t i = 0; i < A; ++i) {
-        const float *x = s->pre[i];
+    auto put_percentiles = [&](Statistic which, int64_t layer, int64_t n) {  // of keys[0 .. n)
+        const Placement &p = at(which);
+        double q[MAX_RANKS / 2];
+        percentiles(keys.data(), spare.data(), n, p.qs, int(p.count), q);
+        for (int64_t j = 0; j < p.count; ++j) s->values[p.offsets[j] + layer] = q[j];
+    };
+
+    for (int64_t i = 0; i < s->grads && (wanted(Statistic::grad_norm) || wanted(Statistic::grad_histogram)); ++i) {
+        Sums m = sums(s->grad[i], s->grad_sizes[i]);
+        put(Statistic::grad_norm, i, std::sqrt(m.squares));
+        put_histogram(Statistic::grad_histogram, i, s->grad[i], s->grad_sizes[i], m);
+    }
+    for (int64_t i = 0; i < s->weights; ++i) {
+        const float *after = s->after[i], *before = s->before[i];
+        int64_t n = s->weight_sizes[i];
+        if (wanted(Statistic::weight_norm)) put(Statistic::weight_norm, i, norm(after, n));
+        // ||W after - W before|| / ||W before||: the step's size relative to the weights it changed
+        if (wanted(Statistic::update_ratio))
+            put(Statistic::update_ratio, i, difference_norm(after, before, n) / norm(before, n));
+    }
+    for (int64_t i = 0; i < s->outputs && wanted(Statistic::output_grad_norm); ++i)
+        put(Statistic::output_grad_norm, i, norm(s->output[i], s->output_sizes[i]));
+    for (int64_t i = 0; i < s->activations; ++i) {
+        const float *x = s->pre[i], *y = s->post[i];
         int64_t n = s->activation_sizes[i];
-        Sums m = sums(x, n);
-        double mean = m.sum / n;
-        v[i] = mean;  // preact/mean
-        v[A + i] = population_std(x, n, mean);
-        keys.resize(std::max<size_t>(keys.size(), n)), spare.resize(keys.size());
-        for (int64_t j = 0; j < n; ++j) keys[j] = sort_key(x[j]);
-        percentiles(keys.data(), spare.data(), n, s->qs, int(Q), q.data());
-        for (int64_t j = 0; j < Q; ++j) v[(2 + j) * A + i] = q[j];
-        const int64_t *shape = s->unit_shapes + 3 * i, *stride = s->unit_strides + 3 * i;
-        int64_t u = 0;
-        keys.resize(std::max<size_t>(keys.size(), shape[0] * shape[1] * shape[2])), spare.resize(keys.size());
-        for (int64_t a = 0; a < shape[0]; ++a)
-            for (int64_t b = 0; b < shape[1]; ++b)
-                for (int64_t c = 0; c < shape[2]; ++c)
-                    keys[u++] = sort_key(s->unit[i][a * stride[0] + b * stride[1] + c * stride[2]]);
-        percentiles(keys.data(), spare.data(), u, s->qs, int(Q), q.data());
-        for (int64_t j = 0; j < Q; ++j) v[(2 + Q + j) * A + i] = q[j];
-        const float *y = s->post[i];
-        Sums p = sums(y, n);
-        double post_mean = p.sum / n;
-        v[(2 + 2 * Q) * A + i] = post_mean;
-        v[(3 + 2 * Q) * A + i] = population_std(y, n, post_mean);
-        v[(4 + 2 * Q) * A + i] = saturated_fraction(s->kind, x, y, n);
-        if (s->bins) histogram_row(x, n, m, s->histograms + i * row);
+        if (wanted(Statistic::preact_mean) || wanted(Statistic::preact_std) || wanted(Statistic::preact_histogram)) {
+            Sums m = sums(x, n);
+            double mean = m.sum / n;
+            put(Statistic::preact_mean, i, mean);
+            if (wanted(Statistic::preact_std)) put(Statistic::preact_std, i, population_std(x, n, mean));
+            put_histogram(Statistic::preact_histogram, i, x, n, m);
+        }
+        if (wanted(Statistic::preact_percentile)) {
+            keys.resize(std::max<size_t>(keys.size(), n)), spare.resize(keys.size());
+            for (int64_t j = 0; j < n; ++j) keys[j] = sort_key(x[j]);
+            put_percentiles(Statistic::preact_percentile, i, n);
+        }
+        if (wanted(Statistic::unit_percentile)) {
+            const int64_t *shape = s->unit_shapes + 3 * i, *stride = s->unit_strides + 3 * i;
+            int64_t u = 0;
+            keys.resize(std::max<size_t>(keys.size(), shape[0] * shape[1] * shape[2])), spare.resize(keys.size());
+            for (int64_t a = 0; a < shape[0]; ++a)
+                for (int64_t b = 0; b < shape[1]; ++b)
+                    for (int64_t c = 0; c < shape[2]; ++c)
+                        keys[u++] = sort_key(s->unit[i][a * stride[0] + b * stride[1] + c * stride[2]]);
+            put_percentiles(Statistic::unit_percentile, i, u);
+        }
+        if (wanted(Statistic::act_mean) || wanted(Statistic::act_std)) {
+            double mean = lane_sum(n, [y](int64_t j) { return double(y[j]); }) / n;
+            put(Statistic::act_mean, i, mean);
+            if (wanted(Statistic::act_std)) put(Statistic::act_std, i, population_std(y, n, mean));
+        }
+        if (wanted(Statistic::act_saturated)) put(Statistic::act_saturated, i, saturated_fraction(s->kind, x, y, n));
     }
 }
 

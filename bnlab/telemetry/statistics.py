@@ -1,13 +1,12 @@
-"""Exact statistics of many tensors at once: norms, moments, percentiles, histograms.
+"""Exact statistics of many tensors at once, in PyTorch ops: norms, moments, percentiles, histograms.
 
-Each function takes a list of tensors (a step's layers) and returns one float64 row per tensor.
-CPU float32 tensors go to bnlab's compiled loops (`bnlab.telemetry.native`), one call per statistic for all
-tensors; everything else (other devices and dtypes, or no C++ compiler) to PyTorch ops over tensors
-of one shape stacked into rows, one op per step of a computation for all of them. The two paths are
-tested against each other and against numpy. Percentiles come from one sort of each tensor: numpy's
-on the CPU (vectorized, faster here than selection with std::nth_element or torch's sort), the
-device's elsewhere. (A measured training step on the CPU takes all of this in one compiled call
-instead, `native.StepStatistics`, whose percentiles select their order statistics without sorting.)
+Each function takes a list of tensors (a step's layers) and returns one float64 row per tensor, from
+PyTorch ops over tensors of one shape stacked into rows, one op per step of a computation for all of
+them, on the tensors' device. This is the readable reference path: a measured training step of CPU float32
+tensors takes bnlab's compiled loops instead (`bnlab.telemetry.native.StepStatistics`, one call for the
+whole step, tested against these functions and numpy); everything else (a GPU, other dtypes,
+`BNLAB_NATIVE=0`) comes here. Percentiles come from one sort of each tensor: numpy's on the CPU
+(vectorized, ~25x faster than torch's there), the device's elsewhere.
 
 Histograms follow `numpy.histogram(row, bins, range=(min, max))` of the float64 values exactly: bin
 edges are numpy's float64 `linspace`, bin k holds edge[k] <= x < edge[k+1] (the last bin also holds
@@ -19,24 +18,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnlab.telemetry import native
-
 HISTOGRAM_BINS = 30
 # A histogram row: min, max, count, sum, sum of squares, then the bin counts, then the bins' right edges.
 HISTOGRAM_HEAD = 5
 
 
-def _shape_groups(tensors) -> list[list[int]]:
-    """The indices of each group of tensors (or numpy arrays) sharing a shape and dtype."""
+def stack_by_shape(tensors: list[torch.Tensor]):
+    """(indices, (len(indices), numel) stack) for each group of tensors sharing a shape and dtype."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
-    return list(groups.values())
-
-
-def stack_by_shape(tensors: list[torch.Tensor]):
-    """(indices, (len(indices), numel) stack) for each group of tensors sharing a shape and dtype."""
-    for indices in _shape_groups(tensors):
+    for indices in groups.values():
         yield indices, torch.stack([tensors[i].reshape(-1) for i in indices])
 
 
@@ -54,29 +46,22 @@ def _by_shape(tensors: list[torch.Tensor], rows_of) -> torch.Tensor:
 def row_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of each tensor: (len,) float64, its squares summed in float64 (a vanished gradient's
     1e-25 squares to 1e-50, which float32 would round to 0)."""
-    if native.handles(tensors):
-        return torch.from_numpy(native.moments(tensors, centered=False)[:, 1]).sqrt()
     try:
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
     except TypeError:  # a torch without the dtype argument
         return _by_shape(tensors, lambda rows: torch.linalg.vector_norm(rows.double(), dim=1))
 
 
-def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
-    """(len, 2) float64: the L2 norms of after[i] and of after[i] - before[i], the difference of float32
-    (or narrower) values exact."""
-    if native.handles(after + before):
-        return torch.from_numpy(native.update_norms(after, before))
+def update_ratios(after: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """(len,) float64: ||after[i] - before[i]|| / ||before[i]||, a step's size relative to the weights it
+    changed, the difference of float32 (or narrower) values exact."""
     steps = torch._foreach_sub([t.double() for t in after], [t.double() for t in before])
-    return torch.stack([row_norms(after), row_norms(steps)], dim=1)
+    return row_norms(steps) / row_norms(before)
 
 
 def summaries(tensors: list[torch.Tensor]) -> torch.Tensor:
     """(len, 6) float64: each tensor's sum, sum of squares, min, max (NaN if it holds a NaN), mean and
     population std (two-pass), all summed in float64."""
-    if native.handles(tensors):
-        return torch.from_numpy(native.moments(tensors))
-
     def rows_of(stacked):  # (L, n)
         wide = stacked.double()
         mean = wide.mean(dim=1)
@@ -109,37 +94,14 @@ def percentiles(ordered: torch.Tensor, qs: list[float]) -> torch.Tensor:
     upper = torch.clamp(lower + 1, max=n - 1)
     frac = (position - lower).to(ordered.device)
     lower, upper = lower.to(ordered.device), upper.to(ordered.device)
-    return _lerp(ordered[..., lower].double(), ordered[..., upper].double(), frac, torch.where)
-
-
-def _lerp(below, above, frac, where):
-    """numpy's _lerp, for torch tensors or numpy arrays (`where` of either): from the nearer end, so a
-    percentile between equal values is that value."""
-    step = above - below
-    return where(frac >= 0.5, above - step * (1 - frac), below + step * frac)
+    below, above = ordered[..., lower].double(), ordered[..., upper].double()
+    step = above - below  # numpy's _lerp: from the nearer end, so a percentile between equal values is that value
+    return torch.where(frac >= 0.5, above - step * (1 - frac), below + step * frac)
 
 
 def row_percentiles(tensors: list[torch.Tensor], qs: list[float]) -> torch.Tensor:
     """(len, len(qs)) float64: numpy's linear percentiles of each tensor (any layout), from one sort."""
-    if all(t.is_cpu and t.dtype in (torch.float32, torch.float64) for t in tensors):
-        return torch.from_numpy(numpy_percentiles([t.detach().numpy() for t in tensors], qs))
     return _by_shape(tensors, lambda stacked: percentiles(sort_rows(stacked), qs))
-
-
-def numpy_percentiles(arrays: list[np.ndarray], qs: list[float]) -> np.ndarray:
-    """`row_percentiles` on the CPU in numpy, whose per-op cost is a fraction of torch's."""
-    result = np.empty((len(arrays), len(qs)))
-    for indices in _shape_groups(arrays):
-        ordered = np.stack([arrays[i].reshape(-1) for i in indices])  # (L, n)
-        ordered.sort(axis=1)
-        n = ordered.shape[1]
-        position = np.asarray(qs, dtype=np.float64) * (n - 1)
-        lower = np.floor(position).astype(np.int64)
-        upper, frac = np.minimum(lower + 1, n - 1), position - lower
-        with np.errstate(invalid="ignore"):  # between infinities: NaN, as numpy gives (a diverged run)
-            result[indices] = _lerp(ordered[:, lower].astype(np.float64), ordered[:, upper].astype(np.float64),
-                                    frac, np.where)
-    return result
 
 
 def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = None,
@@ -150,13 +112,10 @@ def histogram_rows(tensors: list[torch.Tensor], summary: torch.Tensor | None = N
     summary = summaries(tensors) if summary is None else summary
     low, high = summary[:, 2], summary[:, 3]
     edges = _edges(low, high, bins)
-    if native.handles(tensors):
-        counts = torch.from_numpy(native.histogram_counts(tensors, edges.numpy()))
-    else:
-        counts = torch.empty(len(tensors), bins, dtype=torch.float64, device=edges.device)
-        for indices, stacked in stack_by_shape(tensors):
-            where = torch.tensor(indices, device=edges.device)
-            counts[where] = _sorted_counts(sort_rows(stacked), edges[where])
+    counts = torch.empty(len(tensors), bins, dtype=torch.float64, device=edges.device)
+    for indices, stacked in stack_by_shape(tensors):
+        where = torch.tensor(indices, device=edges.device)
+        counts[where] = _sorted_counts(sort_rows(stacked), edges[where])
     counts = torch.where(torch.isfinite(edges).all(dim=1, keepdim=True), counts, 0.0)  # (no host sync on a GPU)
     sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.float64, device=edges.device)
     return torch.cat([torch.stack([low, high, sizes, summary[:, 0], summary[:, 1]], dim=1), counts, edges[:, 1:]],
@@ -187,3 +146,24 @@ def _sorted_counts(ordered: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     below = torch.searchsorted(ordered, threshold.contiguous())  # (rows, bins - 1): values under each edge
     cuts = torch.cat([below.new_zeros(rows, 1), below, below.new_full((rows, 1), n)], dim=1)
     return cuts.diff(dim=1).double()
+
+
+def log10_magnitude_rows(tensors: list[torch.Tensor], bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """A histogram row (as `histogram_rows`) of log10 |x| over each tensor's nonzero values: a vanished
+    gradient's 1e-18 and a healthy 1e-2 both get bins, where a histogram of x itself puts all of a vanished
+    layer in the one bin around 0. Exact zeros have no logarithm and are left out (the row's count says how
+    many values were binned); a tensor of zeros gets a row of count 0."""
+    rows = []
+    for t in tensors:
+        # float32 at least: it reaches 1e-45 (float16's 6e-8 does not)
+        values = t.detach().reshape(-1).abs().to(torch.promote_types(t.dtype, torch.float32))
+        if values.is_cpu:  # numpy selects the nonzero values ~5x faster than torch's boolean indexing
+            array = values.numpy()
+            values = torch.from_numpy(np.log10(array[array > 0]))
+        else:
+            values = values[values > 0].log10()
+        if values.numel():
+            rows.append(histogram_rows([values], bins=bins)[0])
+        else:
+            rows.append(torch.zeros(HISTOGRAM_HEAD + 2 * bins, dtype=torch.float64, device=values.device))
+    return torch.stack(rows)

@@ -59,6 +59,8 @@ class RunWriter:
         values = []
         for tag, row in zip(tags, host.tolist(), strict=True):  # one host transfer
             low, high, count, total, total_sq = row[:HISTOGRAM_HEAD]
+            if count == 0:  # nothing binned (log10 |g| of a gradient of exact zeros): no histogram to show
+                continue
             buckets, limits = row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS], row[HISTOGRAM_HEAD + HISTOGRAM_BINS:]
             proto = HistogramProto(min=low, max=high, num=count, sum=total, sum_squares=total_sq,
                                    bucket_limit=limits, bucket=buckets)

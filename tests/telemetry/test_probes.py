@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from conftest import compose
 
 from bnlab.models.nets import build_model
-from bnlab.telemetry.probes import Probes, saturated_mask
+from bnlab.telemetry.layout import saturated_mask
+from bnlab.telemetry.probes import Probes
 from bnlab.telemetry.statistics import HISTOGRAM_BINS, HISTOGRAM_HEAD
 
 
@@ -68,7 +69,7 @@ def test_every_statistic_equals_a_direct_computation(activation, norm, position)
         assert s[f"weight_norm/{name}"] == pytest.approx(np.linalg.norm(w_after), rel=1e-10)
         step = np.linalg.norm(w_after - weights_before[i].numpy())
         assert step == pytest.approx(0.5 * np.linalg.norm(ref_layer.weight.grad.numpy()), rel=1e-8)  # plain SGD
-        assert s[f"update_ratio/{name}"] == pytest.approx(step / np.linalg.norm(w_after), rel=1e-10)
+        assert s[f"update_ratio/{name}"] == pytest.approx(step / np.linalg.norm(weights_before[i].numpy()), rel=1e-10)
     for i, (pre, post) in enumerate(zip(pres, posts, strict=True)):
         name, pre, post = f"layer{i:02d}", pre.detach().numpy(), post.detach().numpy()
         assert s[f"preact/mean/{name}"] == pytest.approx(pre.mean(), rel=1e-10, abs=1e-12)
@@ -174,16 +175,21 @@ def test_compiled_and_pytorch_statistics_agree_on_a_float32_step(model, monkeypa
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu", "linear"])
-def test_compiled_saturation_uses_the_mask_s_float32_thresholds(activation):
-    from bnlab.telemetry.probes import saturated_fractions
+def test_saturation_on_both_paths_uses_the_mask_s_float32_thresholds(activation, monkeypatch):
+    from bnlab.telemetry import native
+    from bnlab.telemetry.layout import saturated_fractions
 
     # values on and next to each threshold, in float32
     edges = torch.tensor([0.01, 0.99, -0.99, 0.0, -3.0])
     pre = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1), torch.randn(40)])
     post = pre.flip(0).clone()
-    mask = saturated_mask(activation, pre, post)
-    assert saturated_fractions(activation, [pre, pre[:7]], [post, post[:7]]).tolist() == \
-        [mask.double().mean().item(), saturated_mask(activation, pre[:7], post[:7]).double().mean().item()]
+    expected = [saturated_mask(activation, pre, post).double().mean().item(),
+                saturated_mask(activation, pre[:7], post[:7]).double().mean().item()]
+    assert saturated_fractions(activation, [pre, pre[:7]], [post, post[:7]]).tolist() == expected
+    monkeypatch.delenv("BNLAB_NATIVE", raising=False)
+    pres, posts = [pre[:, None], pre[:7, None]], [post[:, None], post[:7, None]]  # (batch, units), as layers give
+    compiled = native.StepStatistics([], [], [], [], pres, posts, 0, activation, (("act_saturated", None, 0),), 2)
+    assert compiled.values.tolist() == expected
 
 
 def test_hooks_kept_for_the_next_measured_step_are_not_doubled_and_ignore_evaluation():
@@ -222,24 +228,31 @@ def test_the_update_ratio_of_later_steps_uses_that_step_s_weights_before():
         s = {tag: value.item() for tag, value in probes.finish(keep_hooks=True).scalars.items()}
         for i, layer in enumerate(net.weight_layers.values()):
             after = layer.weight.detach().numpy()
-            expected = np.linalg.norm(after - before[i].numpy()) / np.linalg.norm(after)
+            expected = np.linalg.norm(after - before[i].numpy()) / np.linalg.norm(before[i].numpy())
             assert s[f"update_ratio/layer{i:02d}"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_weight_copies_of_consecutive_steps_alternate_and_stay_out_of_autograd():
-    """With copy_weights (telemetry's log.background), the copy of the weights after a step is the next
-    measured step's weights before; the copies never join a graph; a change in between is noticed."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_weight_copies_of_consecutive_steps_alternate_and_stay_out_of_autograd(fused):
+    """With copy_weights (telemetry's log.background), the copy of the weights after step t is the weights
+    before step t + 1 when that step is measured; the copies never join a graph; a change in between is
+    noticed, whether by an optimizer step (fused ones leave the weights' version counters alone: the step
+    count tells) or by another in-place change."""
     net = _tiny()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, **({"fused": True} if fused else {"foreach": True}))
     probes = Probes(net)
     x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 4, (8,))
     captures = []
-    for step in range(3):
+    for step in (0, 1, 2, 4):
         if step == 2:
             with torch.no_grad():  # a change between measured steps (as a checkpoint load would make)
                 next(iter(net.weight_layers.values())).weight.mul_(1.5)
-        assert probes.start_copies() == (step != 1)
-        probes.start()
+        if step == 4:  # an unmeasured step in between
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        assert probes.start_copies(step) == (step != 1)
+        probes.start(step)
         before = [layer.weight.detach().clone() for layer in net.weight_layers.values()]
         optimizer.zero_grad()
         F.cross_entropy(net(x), y).backward()

@@ -1,7 +1,9 @@
-"""Row statistics against numpy, on both paths: bnlab's compiled loops (CPU float32) and PyTorch ops.
+"""Row statistics against numpy, on both measuring paths: PyTorch ops (`bnlab.telemetry.statistics`, the
+reference) and bnlab's compiled loops (`native.StepStatistics`, which take CPU float32 tensors only), each
+statistic placed on its own as a step's layout would place it.
 
-The `path` fixture (conftest.py) runs a test once on each: "native" fails if the compiled library cannot be built
-(this project's machines have a C++ compiler), "torch" switches it off with BNLAB_NATIVE=0.
+The `measure` fixture runs a test once on each; the compiled one fails if the library cannot be built (this
+project's machines have a C++ compiler).
 """
 
 from __future__ import annotations
@@ -10,16 +12,78 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.telemetry import native
-from bnlab.telemetry.statistics import (
-    HISTOGRAM_BINS,
-    HISTOGRAM_HEAD,
-    histogram_rows,
-    row_norms,
-    row_percentiles,
-    summaries,
-    update_norms,
-)
+from bnlab.telemetry import native, statistics
+from bnlab.telemetry.statistics import HISTOGRAM_BINS, HISTOGRAM_HEAD
+
+
+class Torch:
+    """The PyTorch path, as `bnlab.telemetry.layout.TORCH_STATISTICS` calls it."""
+
+    norms = staticmethod(statistics.row_norms)
+    histogram_rows = staticmethod(statistics.histogram_rows)
+    percentiles = staticmethod(statistics.row_percentiles)
+
+    @staticmethod
+    def moments(tensors):
+        return statistics.summaries(tensors)[:, 4:]  # mean, population std
+
+    @staticmethod
+    def updates(after, before):
+        return torch.stack([statistics.row_norms(after), statistics.update_ratios(after, before)], dim=1)
+
+
+class Compiled:
+    """The compiled loops: each tensor one layer of a step that measures one statistic (or two)."""
+
+
+    @staticmethod
+    def _values(placements, count, **tensors):
+        kinds = {kind: tensors.get(kind, []) for kind in ("grads", "after", "before", "outputs", "pres", "posts")}
+        rows = len(kinds["grads"]) if placements[0][0] == "grad_histogram" else 0
+        step = native.StepStatistics(*kinds.values(), 0, "relu", placements, count, rows, HISTOGRAM_BINS)
+        return torch.from_numpy(step.histograms if rows else step.values)
+
+    @classmethod
+    def norms(cls, tensors):
+        return cls._values((("grad_norm", None, 0),), len(tensors), grads=tensors)
+
+    @classmethod
+    def histogram_rows(cls, tensors):
+        return cls._values((("grad_histogram", None, 0),), 0, grads=tensors)
+
+    @classmethod
+    def percentiles(cls, tensors, qs):
+        pres = [t.reshape(len(t), -1) if t.dim() < 2 else t for t in tensors]  # (batch, units), as layers give
+        placements = tuple(("preact_percentile", q, j * len(pres)) for j, q in enumerate(qs))
+        return cls._values(placements, len(qs) * len(pres), pres=pres, posts=pres).reshape(len(qs), -1).T
+
+    @classmethod
+    def moments(cls, tensors):
+        pres = [t.reshape(len(t), -1) if t.dim() < 2 else t for t in tensors]
+        placements = (("preact_mean", None, 0), ("preact_std", None, len(pres)))
+        return cls._values(placements, 2 * len(pres), pres=pres, posts=pres).reshape(2, -1).T
+
+    @classmethod
+    def updates(cls, after, before):
+        placements = (("weight_norm", None, 0), ("update_ratio", None, len(after)))
+        return cls._values(placements, 2 * len(after), after=after, before=before).reshape(2, -1).T
+
+
+@pytest.fixture(autouse=True)
+def compiled_available(monkeypatch):
+    monkeypatch.delenv("BNLAB_NATIVE", raising=False)
+    assert native.library() is not None, "the compiled loops did not build (see the log's warning)"
+
+
+@pytest.fixture(params=[Torch, Compiled], ids=["torch", "compiled"])
+def measure(request):
+    return request.param
+
+
+# The compiled loops take float32 tensors only (the probes send others to the PyTorch path)
+BY_DTYPE = pytest.mark.parametrize("measure,dtype", [(Torch, torch.float32), (Torch, torch.float64),
+                                                     (Compiled, torch.float32)],
+                                   ids=["torch-float32", "torch-float64", "compiled-float32"])
 
 
 def _expected_row(values: np.ndarray) -> list[float]:
@@ -44,15 +108,15 @@ def _mismatches(rows: torch.Tensor, expected: list[np.ndarray]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_histograms_equal_numpy_for_tensors_of_several_shapes(path, dtype):
+@BY_DTYPE
+def test_histograms_equal_numpy_for_tensors_of_several_shapes(measure, dtype):
     torch.manual_seed(0)
     a = torch.randn(3, 1000, dtype=dtype) * torch.tensor([[1.0], [1e-20], [1e6]], dtype=dtype)
     tensors = [*a, torch.rand(2, 17, dtype=dtype), torch.rand(17, 2, dtype=dtype), torch.randn(5, 3, 4, 4, dtype=dtype)]
-    assert _mismatches(histogram_rows(tensors), [t.numpy() for t in tensors]) == []
+    assert _mismatches(measure.histogram_rows(tensors), [t.numpy() for t in tensors]) == []
 
 
-def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin(path):
+def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin(measure):
     # integers 0..30 put every value on an edge; float32 neighbours of the float64 edges straddle them
     on_edges = torch.arange(31, dtype=torch.float32)
     edges = np.linspace(-1.0, 2.0, HISTOGRAM_BINS + 1)  # edges like -0.9, 0.1, ... are not float32 values
@@ -60,93 +124,105 @@ def test_values_on_and_next_to_bin_edges_fall_in_numpy_s_bin(path):
                                         edges.astype(np.float32),
                                         np.nextafter(edges.astype(np.float32), np.float32(np.inf))]))
     near = near.clamp(-1.0, 2.0)
-    assert _mismatches(histogram_rows([on_edges, near]), [on_edges.numpy(), near.numpy()]) == []
+    assert _mismatches(measure.histogram_rows([on_edges, near]), [on_edges.numpy(), near.numpy()]) == []
 
 
-def test_a_row_of_equal_values_gets_numpy_s_unit_range(path):
+def test_a_row_of_equal_values_gets_numpy_s_unit_range(measure):
     constant = [torch.zeros(50), torch.full((7, 3), 3.5)]
-    assert _mismatches(histogram_rows(constant), [t.numpy() for t in constant]) == []
+    assert _mismatches(measure.histogram_rows(constant), [t.numpy() for t in constant]) == []
 
 
-def test_channels_last_tensors_give_the_statistics_of_their_values(path):
+def test_channels_last_tensors_give_the_statistics_of_their_values(measure):
     x = torch.randn(4, 6, 5, 5)
     wide = x.contiguous(memory_format=torch.channels_last)
     assert wide.stride() != x.stride()
-    assert _mismatches(histogram_rows([wide]), [x.numpy()]) == []
-    assert summaries([wide])[0].tolist() == pytest.approx(summaries([x])[0].tolist(), rel=1e-14)
-    assert row_percentiles([wide[:, 0]], [0.5]).tolist() == row_percentiles([x[:, 0]], [0.5]).tolist()
+    assert _mismatches(measure.histogram_rows([wide]), [x.numpy()]) == []
+    assert measure.moments([wide])[0].tolist() == pytest.approx(measure.moments([x])[0].tolist(), rel=1e-14)
+    assert measure.percentiles([wide[:, 0]], [0.5]).tolist() == measure.percentiles([x[:, 0]], [0.5]).tolist()
 
 
 def test_half_precision_tensors_are_widened_and_binned_exactly():
     x = (torch.randn(2, 500) * 4).to(torch.bfloat16)
-    assert _mismatches(histogram_rows(list(x)), [row.float().numpy() for row in x]) == []
-    # the PyTorch sort path (numpy has no bfloat16)
-    assert row_percentiles(list(x), [0.15, 0.5]).tolist() == \
+    assert _mismatches(statistics.histogram_rows(list(x)), [row.float().numpy() for row in x]) == []
+    assert statistics.row_percentiles(list(x), [0.15, 0.5]).tolist() == \
         [np.percentile(row.double().numpy(), [15, 50]).tolist() for row in x]
 
 
-def test_non_finite_values_do_not_fail(path):
+def test_non_finite_values_do_not_fail(measure):
     x = [torch.tensor([1.0, float("nan"), 2.0, 3.0]), torch.tensor([1.0, float("inf"), -1.0, 0.0])]
-    rows = histogram_rows(x)
+    rows = measure.histogram_rows(x)
     assert rows.shape == (2, HISTOGRAM_HEAD + 2 * HISTOGRAM_BINS)
     assert rows[:, 2].tolist() == [4.0, 4.0]
     assert rows[:, HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS].count_nonzero() == 0  # no finite range to bin
     # NaN sorts after every number, as numpy.sort puts it: the low percentiles stay numbers
-    assert row_percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
+    assert measure.percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_percentiles_match_numpy_linear_interpolation(path, dtype):
+@BY_DTYPE
+def test_percentiles_match_numpy_linear_interpolation(measure, dtype):
     torch.manual_seed(1)
     x = torch.randn(3, 1001, dtype=dtype)
     x[2] = x[2].round()  # many equal values: numpy interpolates from the nearer end
     tensors = [*x, x.T[0], torch.randn(7, 5, 3, dtype=dtype)[:, 0]]  # strided views among them
     qs = [0.0, 0.15, 0.5, 0.85, 1.0]
-    got = row_percentiles(tensors, qs)
+    got = measure.percentiles(tensors, qs)
     for row, tensor in zip(got.tolist(), tensors, strict=True):
         assert row == np.percentile(tensor.double().numpy(), [q * 100 for q in qs]).tolist()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_summaries_match_numpy_in_float64(path, dtype):
+@BY_DTYPE
+def test_moments_match_numpy_in_float64(measure, dtype):
     torch.manual_seed(2)
     tensors = [torch.randn(64, 128, dtype=dtype) * 3 + 1e3, torch.rand(9, dtype=dtype),
                torch.randn(2, 3, 4, 5, dtype=dtype), torch.tensor([1.0, float("nan"), -2.0], dtype=dtype)]
-    got = summaries(tensors)
-    for row, tensor in zip(got.tolist(), tensors, strict=True):
+    moments, heads = measure.moments(tensors), measure.histogram_rows(tensors)[:, :HISTOGRAM_HEAD]
+    for (mean, std), (low, high, count, total, squares), tensor in zip(moments.tolist(), heads.tolist(), tensors,
+                                                                      strict=True):
         values = tensor.double().numpy()
-        expected = [values.sum(), (values ** 2).sum(), values.min(), values.max(), values.mean(), values.std()]
         if np.isnan(values).any():
-            assert all(np.isnan(row[2:4])) and np.isnan(row[0])  # min, max and sum are NaN
-        else:
-            assert row == pytest.approx(expected, rel=1e-12)
+            assert all(np.isnan([mean, std, low, high, total]))
+            continue
+        assert [mean, std, total, squares] == pytest.approx([values.mean(), values.std(), values.sum(),
+                                                             (values ** 2).sum()], rel=1e-12)
+        assert [low, high, count] == [values.min(), values.max(), values.size]
 
 
-def test_vanished_gradients_are_measured_not_rounded_to_zero(path):
+def test_the_pytorch_summaries_match_numpy():
+    tensors = [torch.randn(64, 128, dtype=torch.float64) * 3 + 1e3, torch.tensor([1.0, float("nan"), -2.0])]
+    rows = statistics.summaries(tensors).tolist()
+    values = tensors[0].numpy()
+    assert rows[0] == pytest.approx([values.sum(), (values ** 2).sum(), values.min(), values.max(), values.mean(),
+                                     values.std()], rel=1e-12)
+    assert all(np.isnan(rows[1][:4]))  # sum, sum of squares, min and max are NaN
+
+
+def test_vanished_gradients_are_measured_not_rounded_to_zero(measure):
     # Per-element values of 1e-25 square to 1e-50, below float32's range: the norm must still be right.
     g = torch.full((64, 128), 1e-25, dtype=torch.float32)
-    assert row_norms([g, 2 * g]).tolist() == pytest.approx([1e-25 * np.sqrt(64 * 128), 2e-25 * np.sqrt(64 * 128)],
-                                                          rel=1e-12)
+    assert measure.norms([g, 2 * g]).tolist() == pytest.approx([1e-25 * np.sqrt(64 * 128),
+                                                                2e-25 * np.sqrt(64 * 128)], rel=1e-12)
 
 
-def test_norms_are_float64_exact_from_tiny_to_huge(path):
+def test_norms_are_float64_exact_from_tiny_to_huge(measure):
     torch.manual_seed(3)
     tensors = [torch.randn(128, 128) * scale for scale in (1e-20, 1e-3, 1.0, 1e3, 1e25)]
-    tensors.append(torch.randn(64, 128).to(torch.bfloat16))
-    for value, tensor in zip(row_norms(tensors).tolist(), tensors, strict=True):
+    for value, tensor in zip(measure.norms(tensors).tolist(), tensors, strict=True):
         assert value == pytest.approx(np.linalg.norm(tensor.double().numpy()), rel=1e-12)
+    bf16 = torch.randn(64, 128).to(torch.bfloat16)  # the PyTorch path widens it
+    assert statistics.row_norms([bf16]).item() == pytest.approx(np.linalg.norm(bf16.double().numpy()), rel=1e-12)
 
 
-def test_update_norms_take_the_float32_difference_exactly(path):
+def test_update_ratios_take_the_float32_difference_exactly(measure):
     torch.manual_seed(4)
     after = [torch.randn(128, 128), torch.randn(10) * 1e-30,
              torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)]
     before = [a + torch.randn_like(a) * 1e-6 for a in after]
     before[2] = before[2].contiguous()  # another memory order than `after`
-    got = update_norms(after, before).tolist()
-    for (norm, step), a, b in zip(got, after, before, strict=True):
-        assert norm == pytest.approx(np.linalg.norm(a.double().numpy()), rel=1e-12)
-        assert step == pytest.approx(np.linalg.norm(a.double().numpy() - b.double().numpy()), rel=1e-12)
+    got = measure.updates(after, before).tolist()
+    for (norm, ratio), a, b in zip(got, after, before, strict=True):
+        a, b = a.double().numpy(), b.double().numpy()
+        assert norm == pytest.approx(np.linalg.norm(a), rel=1e-12)
+        assert ratio == pytest.approx(np.linalg.norm(a - b) / np.linalg.norm(b), rel=1e-12)
 
 
 def test_the_compiled_path_is_taken_for_cpu_float32_only(path):
