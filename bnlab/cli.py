@@ -154,9 +154,10 @@ def reproduce(
         from bnlab.errors import ConfigError
 
         if list_:
-            from bnlab.experiments.reproduce import list_table
+            from bnlab.experiments.catalog import EXPERIMENTS
+            from bnlab.experiments.writeup import list_table
 
-            console.print(list_table())
+            console.print(list_table(EXPERIMENTS))
             return 0
         if name is None:
             from bnlab.experiments.catalog import EXPERIMENTS
@@ -164,7 +165,7 @@ def reproduce(
             raise ConfigError(f"name an experiment: bnlab reproduce NAME, one of {', '.join(EXPERIMENTS)} "
                               "(bnlab reproduce --list describes them)")
         from bnlab.experiments.reproduce import reproduce as run_experiment
-        from bnlab.experiments.reproduce import rich_table
+        from bnlab.experiments.writeup import rich_table
 
         result = run_experiment(name, list(ctx.args), quick=quick, out=out)
         console.print(rich_table(result))

@@ -99,3 +99,10 @@ def test_modules_stay_small_and_the_root_stays_short():
     assert not long, "\n".join(long)
     root = sorted(path.name for path in PACKAGE.glob("*.py"))
     assert len(root) <= MAX_ROOT_MODULES, root
+
+
+def test_each_experiment_lives_in_a_module_of_its_own():
+    from bnlab.experiments.catalog import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        assert (PACKAGE / "experiments" / f"{name}.py").is_file(), f"bnlab/experiments/{name}.py"
