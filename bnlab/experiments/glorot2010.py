@@ -150,8 +150,8 @@ def figures(parts: Parts):
 
 def deviations(parts: Parts) -> list[str]:
     saturation, gradients = parts.get("saturation", []), parts.get("gradients", [])
-    return [f"{listed(saturation, 'data.name')} (64 inputs) instead of Shapeset-3×2 (32×32 images); SGD at "
-            f"{listed(saturation, 'optim.lr')} instead of a learning rate tuned per model; (a) ran "
+    return [f"The {listed(saturation, 'data.name')} data set (64 inputs) instead of Shapeset-3×2 (32×32 images); SGD "
+            f"at {listed(saturation, 'optim.lr')} instead of a learning rate tuned per model; (a) ran "
             f"{listed(saturation, 'train.steps')} steps of batch {listed(saturation, 'data.batch_size')}, width "
             f"{listed(saturation, 'model.width')}, so it shows the early phase only, not the later desaturation "
             "around epoch 100.",

@@ -57,7 +57,7 @@ def drift(run: RunData, family: str = WHOLE_LAYER) -> tuple[float | None, float 
 
 def _smaller(what: str, bn, no, spec: str, log: bool) -> Check:
     measured = f"BN {formatting.stat(bn, spec)} vs no BN {formatting.stat(no, spec)}"
-    test = STABLE.label + (" (in log)" if log else "")
+    test = f"{STABLE.test}{' (in log)' if log else ''} [{STABLE.source}]"
     if bn is None or no is None:
         return Check(what, measured, test, None)
     value = math.log if log else float

@@ -127,7 +127,7 @@ EXPERIMENT = Experiment(
           "2010)",
     claim="without BatchNorm the gradient of plain sigmoid and ReLU CNNs vanishes geometrically with depth and "
           "deep ones stall; with it the gradient reaches the first block and they train",
-    minutes=4.5, quick_seconds=20,
+    minutes=6, quick_seconds=30,
     parts=(Part(name="gradients", config="vanishing_cnn", overrides=("train.steps=1", "log.every=1"),
                 quick=(*QUICK, "model.depth=3,6"), arms=ARMS),
            Part(name="training", config="vanishing_cnn", overrides=("model.depth=4,16",), quick=TRAINING_QUICK,
