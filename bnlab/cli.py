@@ -147,8 +147,9 @@ def reproduce(
     [bold]bnlab reproduce vanishing --quick[/], [bold]bnlab reproduce ioffe2015_fig1 data=mnist data.download=true[/],
     [bold]bnlab reproduce lr_tolerance train.device=cuda[/],
     [bold]bnlab reproduce vanishing hydra/launcher=joblib hydra.launcher.n_jobs=2[/].
-    Extra arguments are Hydra overrides for every run of the experiment. The exit code is 0 whatever the
-    verdict (a claim that does not hold is a finding); 1 if a run failed.
+    Extra arguments are Hydra overrides for every run of the experiment; one that would drop an arm the
+    experiment compares (e.g. norm=none on vanishing) is refused. The exit code is 0 whatever the verdict (a
+    claim that does not hold is a finding); 1 if a run failed; 2 for a refused override.
     """
 
     def action() -> int:

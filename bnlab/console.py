@@ -235,16 +235,18 @@ def print_report(console: Console, errors: Console, report) -> None:
                       highlight=False, soft_wrap=True)
 
 
-OUTCOME_STYLE = {"held": "green", "partly": "yellow", "not held": "red", "not measured": "dim"}
-
-
 def print_reproduction(console: Console, errors: Console, result) -> int:
-    """`bnlab reproduce NAME`: the verdict table and where everything went; 1 if a run failed."""
-    rows = [[escape(claim.claim), escape(claim.paper), escape("\n".join(check.text for check in claim.checks)),
-             f"[bold {OUTCOME_STYLE.get(claim.outcome, 'white')}]{claim.outcome}[/]"]
+    """`bnlab reproduce NAME`: the verdict table and where everything went; 1 if a run failed. A --quick
+    verdict says so in the title and in every outcome."""
+    from bnlab.experiments.writeup import OUTCOME_STYLE, QUICK_NOTE, outcome, sized
+
+    rows = [[escape(claim.claim), escape(claim.paper),
+             escape("\n".join(sized(check.text, result.quick) for check in claim.checks)),
+             f"[bold {OUTCOME_STYLE.get(claim.outcome, 'white')}]{escape(outcome(claim, result.quick))}[/]"]
             for claim in result.verdict.claims]
-    print_table(console, ["claim", "the paper reports", "this run measured", "verdict"], rows,
-                title=f"bnlab reproduce {result.experiment.name}", show_lines=True)
+    title = f"bnlab reproduce {result.experiment.name}" + (f"  [bold yellow]{QUICK_NOTE}[/]" if result.quick else "")
+    print_table(console, ["claim", "the paper reports", "this run measured", "verdict"], rows, title=title,
+                show_lines=True)
     for note in result.not_completed:
         console.print(f"[yellow]not completed:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for warning in result.warnings:

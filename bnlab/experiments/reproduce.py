@@ -1,64 +1,34 @@
 """`bnlab reproduce NAME`: run a named experiment's sweeps, read them back, judge the claims, write it up.
 
-Every part of the experiment (bnlab.experiments.catalog) is planned first, so a bad override
-stops before any work; then each part runs as one Hydra multirun into
-`<directory>/<part>/`, exactly as `bnlab train -m experiment=<config> ...` would. The
-runs are read back with the same reader as `bnlab report`, the experiment's verdict
-function measures each claim, and `reproduce.md` (verdict table, measurements,
-deviations, settings) and the figures are written into the experiment directory.
-A claim that does not hold is a finding, not an error.
+Every part of the experiment (bnlab/experiments/<name>.py) is planned first, so a bad override, or one
+that would drop an arm the experiment compares, stops before any work; then each part runs as one Hydra
+multirun into `<directory>/<part>/`, exactly as `bnlab train -m experiment=<config> ...` would. The runs
+are read back with the same reader as `bnlab report`, the experiment's verdict function measures each
+claim, and `reproduce.md` and the figures are written into the experiment directory
+(bnlab.experiments.writeup). A claim that does not hold is a finding, not an error.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bnlab.analysis.readback import RunData, load_runs
+from bnlab.analysis.readback import load_runs
 from bnlab.config.launch import Launch, plan, run_hydra
 from bnlab.errors import ConfigError, DataError, RunFileError
-from bnlab.experiments.catalog import Experiment, Part, get
-from bnlab.experiments.verdict import Verdict, cross_check
+from bnlab.experiments.catalog import get
+from bnlab.experiments.crosscheck import cross_check
+from bnlab.experiments.experiment import Experiment, Part, Reproduction
+from bnlab.experiments.writeup import markdown
 from bnlab.telemetry import plots
 from bnlab.train.progress import SweepProgress
 
 ROOT = Path("runs/reproduce")
 RECORD = "reproduce.json"  # what was asked for, so that `judge_directory` can judge the runs again
-
-
-@dataclass
-class Reproduction:
-    experiment: Experiment
-    directory: Path
-    quick: bool
-    overrides: list[str]
-    commands: dict[str, str]  # part -> the equivalent `bnlab train -m ...`
-    verdict: Verdict | None = None
-    parts: dict[str, list[RunData]] = field(default_factory=dict)
-    deviations: list[str] = field(default_factory=list)
-    figures: dict[str, tuple[Path, str]] = field(default_factory=dict)  # name -> (PNG, caption)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def markdown(self) -> Path:
-        return self.directory / "reproduce.md"
-
-    @property
-    def runs(self) -> list[RunData]:
-        return [run for runs in self.parts.values() for run in runs]
-
-    @property
-    def not_completed(self) -> list[str]:
-        return [f"`{run.path}` ({run.label}, seed {run.seed}): {run.status} at step "
-                f"{run.summary.get('steps', '?')}/{run.summary.get('total_steps', '?')}"
-                + (f"; {run.summary.get('error')}" if run.status == "failed" else "")
-                for run in self.runs if run.status != "completed"]
+SWEEP_PARAMS = "hydra.sweeper.params."
 
 
 def reproduce(name: str, overrides: list[str] | tuple[str, ...] = (), quick: bool = False,
@@ -143,10 +113,39 @@ def _user_overrides(overrides) -> list[str]:
     return kept
 
 
+def refuse_dropped_arms(experiment: Experiment, overrides: list[str]) -> None:
+    """ConfigError when an override removes or renames a value an experiment's claims compare (e.g. norm=none
+    on `vanishing` leaves no BatchNorm arm): the verdict would judge a comparison that never ran."""
+    for part in experiment.parts:
+        if part.cross_check_of is not None:
+            continue  # what makes a cross-check is fixed after the user's overrides
+        for key, compared in part.arms.items():
+            names = {key, f"{key}.name", f"{SWEEP_PARAMS}{key}", f"{SWEEP_PARAMS}{key}.name"}
+            for text in overrides:
+                if _key(text) not in names:
+                    continue
+                given = _values(text)
+                dropped = [value for value in compared if value.lower() not in given]
+                if dropped:
+                    raise ConfigError(
+                        f"{text} removes the {key}={dropped[0]} arm that `{experiment.name}` compares (its part "
+                        f"{part.name} runs {key}={','.join(compared)}); leave {key} out of the overrides, or keep "
+                        f"every arm, e.g. {key}={','.join(compared)}")
+
+
+def _values(text: str) -> set[str]:
+    """The values an override sets: 'norm=none,bnlab' -> {'none', 'bnlab'}; choice(...) too; '~norm' -> {}."""
+    value = text.split("=", 1)[1].strip() if "=" in text and not text.startswith("~") else ""
+    if value.startswith("choice(") and value.endswith(")"):
+        value = value[len("choice("):-1]
+    return {item.strip().strip("'\"").lower() for item in value.split(",") if item.strip()}
+
+
 def _plan_parts(result: Reproduction) -> list[Launch]:
     """Each part's Hydra command line, validated; with the experiment's fallback if its data files are missing
     and the user chose no data set."""
     experiment = result.experiment
+    refuse_dropped_arms(experiment, result.overrides)
     try:
         return [_plan(result, part, ()) for part in experiment.parts]
     except DataError:
@@ -176,79 +175,3 @@ def merge(*groups) -> list[str]:
 
 def _key(text: str) -> str:
     return text.split("=", 1)[0].lstrip("+~")
-
-
-def markdown(result: Reproduction) -> str:
-    experiment, verdict = result.experiment, result.verdict
-    mode = " (--quick: a reduced sweep for CI; the thresholds are meant for the full size)" if result.quick else ""
-    command = " ".join(["bnlab reproduce", experiment.name, *(["--quick"] if result.quick else []),
-                        *result.overrides])
-    lines = [f"# bnlab reproduce {experiment.name}", "",
-             f"{experiment.paper[:1].upper()}{experiment.paper[1:]}: {experiment.claim}.", "",
-             f"Command: `{command}`{mode}. {len(result.runs)} runs, {result.seconds:.0f} s to plan and run them "
-             f"(expected at full size on a 2-core CPU: about {experiment.minutes:g} min), "
-             f"written {datetime.now():%Y-%m-%d %H:%M}.", "",
-             "## Verdict", "", "| claim | the paper reports | this run measured | verdict |", "|---|---|---|---|"]
-    for claim in verdict.claims:
-        measured = "<br>".join(_cell(check.text) for check in claim.checks)
-        lines.append(f"| {_cell(claim.claim)} | {_cell(claim.paper)} | {measured} | **{claim.outcome}** |")
-    lines += ["", "Each check: ✓ passed, ✗ failed, ? not measured; numbers are means across seeds ± 95% interval "
-              "(ratios and growth factors: geometric mean ×/÷ factor). A claim is held when every check passes, "
-              "not held when none does, partly otherwise. The tests were fixed in `bnlab/experiments/verdicts.py` and "
-              "`bnlab/experiments/verdicts_training.py` before the full-size runs and are not tuned to the results."]
-    for table in verdict.tables:
-        lines += ["", f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
-                  "|" + "---|" * len(table.headers)]
-        lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in table.rows]
-    lines += ["", "## Deviations from the paper", "", *(f"- {text}" for text in
-                                                        [*result.deviations, *experiment.deviations])]
-    if result.quick:
-        lines.append("- `--quick`: a reduced sweep (fewer layers, units, steps or seeds) that measures the same "
-                     "quantities; its verdict is not the experiment's.")
-    if result.overrides:
-        lines.append(f"- Overrides given on the command line: `{' '.join(result.overrides)}`.")
-    lines += [*(f"- {note}" for note in verdict.notes), "", "## Settings", ""]
-    for part in result.experiment.parts:
-        shared, varied = settings(result.parts.get(part.name, []))
-        lines += [f"**{part.name}**" + (f" (norm=torch cross-check of {part.cross_check_of})"
-                                         if part.cross_check_of else "") + f": `{result.commands.get(part.name)}`",
-                  "", f"- varied: {', '.join(f'`{k}`: {v}' for k, v in varied.items()) or 'nothing'}",
-                  f"- shared: {', '.join(f'`{k}={v}`' for k, v in shared.items())}", ""]
-    problems = [*result.not_completed, *result.warnings]
-    if problems:
-        lines += ["## Runs that did not complete, and warnings", "", *(f"- {text}" for text in problems), ""]
-    lines += ["## Figures", ""]
-    for name, (path, caption) in result.figures.items():
-        lines += [f"### {caption}", "", f"![{name}]({os.path.relpath(path, result.directory)})", ""]
-    lines += ["## Look deeper", "", f"- `bnlab tb {result.directory}` (TensorBoard on every run: scalars, "
-              "profiles, Figure-1 images, HParams)",
-              *(f"- `bnlab report {result.directory / part.name}`" for part in experiment.parts)]
-    return "\n".join(lines) + "\n"
-
-
-def settings(runs: list[RunData]) -> tuple[dict, dict]:
-    """(config keys with one value across `runs`, keys that vary -> their sorted values), seed included."""
-    flat = [_flatten(run.config) for run in runs]
-    keys = sorted(set().union(*flat)) if flat else []
-    shared, varied = {}, {}
-    for key in keys:
-        values = {repr(f.get(key)) for f in flat}
-        if len(values) == 1:
-            shared[key] = flat[0].get(key)
-        else:
-            varied[key] = ", ".join(sorted(values, key=lambda v: (len(v), v)))
-    return shared, varied
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif key != "resume":
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -1,42 +1,100 @@
-"""What a verdict is made of, and the measuring helpers the five verdict functions share.
+"""What a verdict is made of: thresholds with their sources, checks, claims and their outcomes.
 
-A `Claim` is one statement of a paper, what the paper reports, and the `Check`s that
-test it: each check names a measured quantity, its value in this reproduction, and a
-test fixed in advance. A claim is *held* when every check passes, *not held* when none
-does, *partly* otherwise; a check that could not be measured (its runs are missing)
-keeps a claim from being held. A `Verdict` is the claims plus the measurement tables.
+A `Claim` is one statement of a paper, what the paper reports, and the `Check`s that test it. A check
+names a measured quantity, its value in this reproduction, and a test fixed in advance: a `Threshold`,
+which carries where its value comes from (the paper, theory, a control run, or a stated choice) and the
+smallest setting it makes sense at (e.g. depth 20). A check is passed, failed, not measured (its runs are
+missing) or not applicable (what ran is smaller than its threshold needs, e.g. under `--quick`).
 
-Numbers across seeds are `bnlab.analysis.aggregate.Stat`s: mean and 95% interval, geometric for
-ratios and growth factors, written as `bnlab report` writes them.
+A claim's outcome says only what was measured:
+
+- *not applicable at this size* when every check is;
+- otherwise, over the applicable checks: *not measured* when none was measured, *incomplete* when some
+  were not, *held* when every one passed, *not held* when none did, *partly* otherwise.
+
+A `Verdict` is the claims plus the measurement tables and notes.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bnlab import formatting
-from bnlab.analysis.aggregate import Stat, mean_interval
-from bnlab.analysis.readback import RunData
-from bnlab.telemetry import figures
+from bnlab.analysis.aggregate import Stat
 
-HELD, PARTLY, NOT_HELD, NOT_MEASURED = "held", "partly", "not held", "not measured"
+HELD, PARTLY, NOT_HELD = "held", "partly", "not held"
+NOT_MEASURED, INCOMPLETE, NOT_APPLICABLE = "not measured", "incomplete", "not applicable at this size"
 MARKS = {True: "✓", False: "✗", None: "?"}
+NOT_APPLICABLE_MARK = "–"
+SOURCES = ("paper", "theory", "control run", "choice")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A test fixed before the full-size runs, where its value comes from, and the size it needs.
+
+    `needs` holds (config key, smallest value): a threshold written for depth-20 networks says nothing
+    about depth-5 ones, so a check on runs below it is not applicable rather than failed.
+    """
+
+    test: str  # as printed, e.g. "< 0.001"
+    passes: Callable[[float], bool]
+    source: str  # one of SOURCES
+    basis: str  # why this value, in a sentence
+    needs: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"threshold source {self.source!r}: expected one of {', '.join(SOURCES)}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.test} [{self.source}]"
+
+    def shortfall(self, ran: dict[str, float | None]) -> str | None:
+        """What this threshold needs that `ran` (config key -> largest value that ran) lacks; None if nothing."""
+        missing = [f"{key} ≥ {formatting.number(minimum, 'g')} (ran {formatting.number(ran.get(key), 'g')})"
+                   for key, minimum in self.needs if ran.get(key) is not None and ran[key] < minimum]
+        return "needs " + ", ".join(missing) if missing else None
+
+
+def _needs(needs: dict) -> tuple[tuple[str, float], ...]:
+    return tuple((key.replace("__", "."), value) for key, value in needs.items())
+
+
+def below(limit: float, source: str, basis: str, **needs) -> Threshold:
+    """Passes when the mean is below `limit`; `needs` as model__depth=20."""
+    return Threshold(f"< {limit:g}", lambda value: value < limit, source, basis, _needs(needs))
+
+
+def above(limit: float, source: str, basis: str, **needs) -> Threshold:
+    return Threshold(f"> {limit:g}", lambda value: value > limit, source, basis, _needs(needs))
+
+
+def between(low: float, high: float, source: str, basis: str, **needs) -> Threshold:
+    return Threshold(f"within [{low:g}, {high:g}]", lambda value: low <= value <= high, source, basis,
+                     _needs(needs))
 
 
 @dataclass
 class Check:
-    """One measured quantity against a test stated in advance; `passed` is None when it was not measured."""
+    """One measured quantity against a test stated in advance.
+
+    `passed` is None when it was not measured; `not_applicable` says what the test needs that did not run.
+    """
 
     what: str
     measured: str
     test: str
     passed: bool | None
+    not_applicable: str | None = None
 
     @property
     def text(self) -> str:
+        if self.not_applicable is not None:
+            return (f"{NOT_APPLICABLE_MARK} {self.what}: {self.measured} (test: {self.test}; not applicable at "
+                    f"this size: {self.not_applicable})")
         return f"{MARKS[self.passed]} {self.what}: {self.measured} (test: {self.test})"
 
 
@@ -47,13 +105,21 @@ class Claim:
     checks: list[Check]
 
     @property
+    def applicable(self) -> list[Check]:
+        return [check for check in self.checks if check.not_applicable is None]
+
+    @property
     def outcome(self) -> str:
-        results = [check.passed for check in self.checks]
-        if not results or all(r is None for r in results):
+        if self.checks and not self.applicable:
+            return NOT_APPLICABLE
+        results = [check.passed for check in self.applicable]
+        if all(result is None for result in results):  # also: no checks at all
             return NOT_MEASURED
-        if all(r is True for r in results):
+        if any(result is None for result in results):
+            return INCOMPLETE
+        if all(results):
             return HELD
-        return NOT_HELD if not any(r is True for r in results) else PARTLY
+        return PARTLY if any(results) else NOT_HELD
 
 
 @dataclass
@@ -70,145 +136,32 @@ class Verdict:
     notes: list[str] = field(default_factory=list)  # what could not be measured, and why
 
 
-# --- selecting runs by their resolved config
-
-
-def setting(run: RunData, key: str):
-    """The run's resolved config value at a dotted key, e.g. setting(run, 'model.depth')."""
-    value = run.config
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def select(runs: list[RunData], **criteria) -> list[RunData]:
-    """The runs whose config matches every criterion; keys use '__' for '.', e.g. model__depth=20."""
-    wanted = {key.replace("__", "."): value for key, value in criteria.items()}
-    return [run for run in runs if all(setting(run, key) == value for key, value in wanted.items())]
-
-
-def values_of(runs: list[RunData], key: str) -> list:
-    """The distinct values of `key` among `runs`, sorted."""
-    return sorted({setting(run, key) for run in runs if setting(run, key) is not None},
-                  key=lambda v: (str(type(v)), v))
-
-
-# --- numbers across seeds
-
-
-def across(runs: list[RunData], measure, geometric: bool = False) -> Stat | None:
-    """`measure(run)` of each run, as a mean and 95% interval across them (None when no run has it)."""
-    return mean_interval([_number(measure(run)) for run in runs], geometric=geometric)
-
-
-def fmt(stat: Stat | None, spec: str = ".3g") -> str:
-    return formatting.stat(stat, spec)
-
-
-def mean(stat: Stat | None) -> float | None:
-    return None if stat is None else stat.mean
-
-
-def final_accuracy(run: RunData) -> float | None:
-    return run.last("acc/test")
-
-
-def init_figure(name: str):
-    """A measure: the vanishing-gradient figure `name` (e.g. 'grad_ratio_first_last/init') of a run."""
-    return lambda run: run.figures.get(name)
-
-
-def saturated_fraction(run: RunData) -> float | None:
-    """The final saturated fraction, averaged over the hidden layers."""
-    values = [v for v in run.profile("act/saturated") if math.isfinite(v)]
-    return sum(values) / len(values) if values else None
-
-
-def growth(run: RunData, family: str, step: int = 0, skip_first: int = 0) -> float | None:
-    """The per-layer growth factor toward the input of `family` across the hidden layers at `step`."""
-    values = run.profile(family, step)[skip_first:]
-    value = figures.growth_factor(values) if len(values) >= 2 else math.nan
-    return value if math.isfinite(value) else None
-
-
-def check(what: str, stat: Stat | None, spec: str, test: str, passes) -> Check:
-    """A Check of a Stat's mean: `passes(mean)` decides; unmeasured (None) when there is no stat."""
+def check(what: str, stat: Stat | None, spec: str, threshold: Threshold,
+          ran: dict[str, float | None] | None = None) -> Check:
+    """A Check of a Stat's mean against `threshold`; `ran` (config key -> largest value among the measured
+    runs) decides whether the threshold applies. Unmeasured (passed None) when there is no stat."""
+    measured = formatting.stat(stat, spec) if stat is not None else "not measured"
+    short = threshold.shortfall(ran or {})
+    if short is not None:
+        return Check(what, measured, threshold.label, None, not_applicable=short)
     if stat is None:
-        return Check(what, "not measured", test, None)
-    return Check(what, fmt(stat, spec), test, bool(passes(stat.mean)))
+        return Check(what, measured, threshold.label, None)
+    return Check(what, measured, threshold.label, bool(threshold.passes(stat.mean)))
 
 
 def higher(what: str, better: Stat | None, other: Stat | None, spec: str) -> list[Check]:
-    """Two checks: `better`'s mean is higher; and their 95% intervals do not overlap."""
-    measured = f"{fmt(better, spec)} vs {fmt(other, spec)}"
+    """Two checks: `better`'s mean is higher; and its 95% interval lies entirely above `other`'s.
+
+    Overlapping intervals fail the second check, so a higher mean alone never makes a claim held; with one
+    seed there is no interval, and the second check is not measured.
+    """
+    measured = f"{formatting.stat(better, spec)} vs {formatting.stat(other, spec)}"
     if better is None or other is None:
         return [Check(what, measured, "higher mean", None)]
-    # one seed: no interval to compare
-    separate = None if better.low is None or other.high is None else better.low > other.high
+    if better.low is None or other.high is None:
+        separate = None
+        measured += " (one seed: no interval)"
+    else:
+        separate = better.low > other.high
     return [Check(what, measured, "higher mean", better.mean > other.mean),
             Check(f"{what}, 95% intervals", measured, "do not overlap", separate)]
-
-
-# --- the norm=torch cross-check
-
-CROSS_CHECK_PROFILE = 1e-3  # largest relative difference of the step-0 gradient profiles
-CROSS_CHECK_ACCURACY = 0.02  # largest difference of test accuracy at the last step both runs have
-
-
-def cross_check(reference: list[RunData], torch_runs: list[RunData]) -> Claim:
-    """bnlab's BatchNorm against torch.nn.BatchNorm1d, run for run: same config, same seed.
-
-    At step 0 the two networks hold the same weights and see the same batch, so their gradient profiles
-    must agree to rounding; after training, chaotic growth of rounding differences is allowed, up to
-    CROSS_CHECK_ACCURACY in test accuracy.
-    """
-    by_key = {_pair_key(run): run for run in reference if setting(run, "norm.name") == "bnlab"}
-    pairs = [(by_key[_pair_key(run)], run) for run in torch_runs if _pair_key(run) in by_key]
-    profile_gaps, accuracy_gaps = [], []
-    for ours, theirs in pairs:
-        for a, b in zip(ours.profile("grad_norm/output", 0), theirs.profile("grad_norm/output", 0), strict=False):
-            if a > 0 and b > 0:
-                profile_gaps.append(abs(a / b - 1))
-        accuracy = theirs.series("acc/test")
-        if accuracy:
-            step, value = accuracy[-1]
-            mine = ours.at_step("acc/test", step)
-            if mine is not None:
-                accuracy_gaps.append(abs(mine - value))
-    checks = [
-        _gap_check(f"step-0 gradient profile, {len(pairs)} matched run{'' if len(pairs) == 1 else 's'} "
-                   "(largest relative difference)",
-                   profile_gaps, ".1e", f"<= {CROSS_CHECK_PROFILE:g}", CROSS_CHECK_PROFILE),
-        _gap_check("test accuracy at the torch run's last step (largest difference)", accuracy_gaps, ".3f",
-                   f"<= {CROSS_CHECK_ACCURACY:g}", CROSS_CHECK_ACCURACY),
-    ]
-    return Claim("bnlab's BatchNorm and torch.nn.BatchNorm1d agree (norm=torch cross-check)",
-                 "(bnlab's own check, not a claim of the paper)", checks)
-
-
-def _gap_check(what: str, gaps: list[float], spec: str, test: str, limit: float) -> Check:
-    if not gaps:
-        return Check(what, "not measured (no matching bnlab run)", test, None)
-    worst = max(gaps)
-    return Check(what, format(worst, spec), test, worst <= limit)
-
-
-def _pair_key(run: RunData) -> str:
-    """The config without what the cross-check changes (norm name, length of training)."""
-    config = json.loads(json.dumps(run.config))
-    config.get("norm", {}).pop("name", None)
-    config.get("train", {}).pop("steps", None)
-    config.get("train", {}).pop("checkpoint_every", None)
-    return json.dumps(config, sort_keys=True)
-
-
-def grouped(runs: list[RunData], *keys: str) -> dict[tuple, list[RunData]]:
-    """Runs grouped by their values of `keys`, in sorted key order."""
-    groups: dict[tuple, list[RunData]] = defaultdict(list)
-    for run in runs:
-        groups[tuple(setting(run, key) for key in keys)].append(run)
-    return {key: groups[key] for key in sorted(groups, key=lambda k: [(str(type(v)), v) for v in k])}
-
-
-def _number(value) -> float:
-    return math.nan if value is None else float(value)

@@ -102,6 +102,13 @@ def test_modules_stay_small_and_the_root_stays_short():
     assert len(root) <= MAX_ROOT_MODULES, root
 
 
+def test_each_experiment_lives_in_a_module_of_its_own():
+    from bnlab.experiments.catalog import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        assert (PACKAGE / "experiments" / f"{name}.py").is_file(), f"bnlab/experiments/{name}.py"
+
+
 def test_the_readme_is_short_and_has_no_first_person_history():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 350

@@ -1,35 +1,57 @@
 """`bnlab reproduce`: the registry, the planning of each experiment's sweeps, and real runs end to end.
 
-The five `--quick` experiments run as real subprocesses in the slow suite (CI runs it); the default
-suite runs one reduced experiment in process.
+Every `--quick` experiment runs as a real subprocess in the slow suite (CI runs it); the default suite runs
+one reduced experiment in process and refuses an arm-dropping override through the real executable.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from conftest import run_bnlab
+from rich.console import Console
 from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config.app import CONFIG_DIR
+from bnlab.console import print_reproduction
 from bnlab.errors import ConfigError, DataError
 from bnlab.experiments.catalog import EXPERIMENTS, get
-from bnlab.experiments.reproduce import Reproduction, _plan_parts, judge_directory, merge, reproduce
-from bnlab.experiments.verdict import HELD
+from bnlab.experiments.experiment import Reproduction
+from bnlab.experiments.reproduce import _plan_parts, judge_directory, merge, refuse_dropped_arms, reproduce
+from bnlab.experiments.verdict import HELD, NOT_APPLICABLE, NOT_MEASURED, SOURCES
+
+PACKAGE = Path(__file__).resolve().parents[2] / "bnlab" / "experiments"
 
 
-def test_every_experiment_has_its_configs_a_paper_a_time_and_a_verdict():
-    assert list(EXPERIMENTS) == ["vanishing", "ioffe2015_fig1", "glorot2010", "yang2019", "lr_tolerance"]
+def test_every_experiment_is_a_module_and_a_config_with_a_paper_a_time_and_thresholds_with_sources():
+    assert list(EXPERIMENTS) == ["glorot2010", "ioffe2015_fig1", "lr_tolerance", "vanishing", "vanishing_cnn",
+                                 "yang2019"]
     for experiment in EXPERIMENTS.values():
+        assert (PACKAGE / f"{experiment.name}.py").is_file()
         assert Path(CONFIG_DIR, "experiment", f"{experiment.name}.yaml").is_file()
         for part in experiment.parts:
             text = Path(CONFIG_DIR, "experiment", f"{part.config}.yaml").read_text()
             assert text.startswith("# @package _global_"), part.config
             assert "sweeper:" in text and "params:" in text, part.config
+            assert part.arms or part.cross_check_of, f"{experiment.name}.{part.name} compares nothing"
         assert experiment.paper and experiment.claim and experiment.minutes > 0 and experiment.quick_seconds > 0
-        assert experiment.deviations and callable(experiment.verdict) and callable(experiment.figures)
+        assert callable(experiment.verdict) and callable(experiment.figures) and callable(experiment.deviations)
+        assert experiment.thresholds, experiment.name
+        for what, threshold in experiment.thresholds.items():
+            assert threshold.source in SOURCES and len(threshold.basis) > 20, (experiment.name, what)
+    for text in (experiment.paper for experiment in EXPERIMENTS.values()):
+        assert "seed's" not in text and "issue" not in text
+
+
+def test_every_experiment_judges_no_runs_as_not_measured_and_says_what_ran():
+    for experiment in EXPERIMENTS.values():
+        parts = {part.name: [] for part in experiment.parts}
+        verdict = experiment.verdict(parts)
+        assert {claim.outcome for claim in verdict.claims} == {NOT_MEASURED}, experiment.name
+        assert experiment.deviations(parts)
 
 
 def test_list_shows_each_experiment_with_its_paper_and_run_time():
@@ -38,7 +60,7 @@ def test_list_shows_each_experiment_with_its_paper_and_run_time():
     for experiment in EXPERIMENTS.values():
         assert experiment.name in result.output
         assert f"~{experiment.minutes:g} min" in result.output
-    assert "Yang et al. 2019" in result.output and "2-core" in result.output
+    assert "Yang et al. 2019" in result.output and "2-core" in result.output and "vanishing_cnn" in result.output
 
 
 def test_an_unknown_experiment_is_named_with_the_valid_ones():
@@ -69,11 +91,42 @@ def test_every_part_of_every_quick_experiment_composes_at_every_sweep_point():
 
 
 def test_a_part_keeps_what_makes_it_itself_and_takes_the_users_overrides():
-    result, _ = plan_of("lr_tolerance", ["train.steps=50", "norm=none"], quick=True)
+    result, _ = plan_of("lr_tolerance", ["train.steps=50", "norm=bnlab,none", "model.width=32"], quick=True)
     torch = result.commands["torch"]
     assert "norm=torch" in torch and "train.seed=0" in torch and "train.steps=50" in torch
     assert "optim.lr=0.1" in torch and "optim.lr=0.01" not in torch  # the part's quick grid
-    assert "norm=none" in result.commands["main"] and "train.steps=50" in result.commands["main"]
+    assert "norm=bnlab,none" in result.commands["main"] and "train.steps=50" in result.commands["main"]
+
+
+@pytest.mark.parametrize(("name", "override", "arm"), [
+    ("vanishing", "norm=none", "norm=bnlab"),
+    ("vanishing", "norm=torch", "norm=none"),  # renames the BatchNorm arm and drops the plain one
+    ("vanishing", "norm.name=bnlab", "norm=none"),
+    ("vanishing", "~norm", "norm=none"),
+    ("vanishing", "hydra.sweeper.params.norm=none", "norm=bnlab"),
+    ("vanishing_cnn", "norm=bnlab", "norm=none"),
+    ("glorot2010", "model.init=xavier", "model.init=standard"),
+    ("yang2019", "model.residual=false", "model.residual=true"),
+    ("yang2019", "model.activation=relu", "model.activation=linear"),
+])
+def test_an_override_that_drops_an_arm_is_refused_naming_the_arm_and_the_override(name, override, arm):
+    with pytest.raises(ConfigError) as error:
+        refuse_dropped_arms(get(name), [override])
+    assert override in str(error.value) and f"the {arm} arm that `{name}` compares" in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["norm=none,bnlab", "norm=bnlab,none,torch", "norm=choice(none,bnlab)",
+                                      "model.activation=sigmoid", "model.depth=2", "train.seed=0"])
+def test_overrides_that_keep_every_arm_are_accepted(override):
+    refuse_dropped_arms(get("vanishing"), [override])
+
+
+def test_an_arm_dropping_override_exits_2_before_any_run(tmp_path):
+    out = tmp_path / "vanishing"
+    result = run_bnlab("reproduce", "vanishing", "--quick", "norm=none", "--out", str(out), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "norm=none removes the norm=bnlab arm that `vanishing` compares" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr and not out.exists()
 
 
 def test_a_bad_override_stops_before_any_run(tmp_path):
@@ -111,17 +164,30 @@ def test_a_reduced_vanishing_runs_end_to_end_and_writes_its_verdict(tmp_path):
     out = tmp_path / "vanishing"
     result = reproduce("vanishing", ["model.activation=sigmoid", "model.depth=2", "train.steps=20",
                                      "model.width=16"], quick=True, out=out)
-    assert {name: len(runs) for name, runs in result.parts.items()} == {"main": 2, "torch": 1}
-    assert [claim.outcome for claim in result.verdict.claims][-1] == HELD  # bnlab and torch agree
+    assert {name: len(runs) for name, runs in result.parts.items()} == {"main": 2, "stall": 2, "torch": 1}
+    outcomes = [claim.outcome for claim in result.verdict.claims]
+    assert outcomes[-1] == HELD  # bnlab and torch agree
+    assert outcomes[2] == outcomes[3] == NOT_APPLICABLE  # accuracy thresholds are for the full budgets
     text = result.markdown.read_text()
-    for heading in ("## Verdict", "## Deviations from the paper", "## Settings", "## Figures", "## Look deeper"):
+    for heading in ("## Verdict", "### Thresholds and their sources", "## Deviations from the paper", "## Settings",
+                    "## Figures", "## Look deeper"):
         assert heading in text
     assert "| claim | the paper reports | this run measured | verdict |" in text
+    assert "not applicable at quick size" in text and "· --quick**" in text
+    assert "| < 0.001 | theory |" in text and "| > 0.8 | control run |" in text
+    # the deviations describe what ran: sigmoid only, depth 2, one seed; not the full sweep
+    deviations = text.split("## Deviations from the paper")[1].split("## Settings")[0]
+    assert "sigmoid MLPs of depths 2 (1 seed)" in deviations and "tanh" not in deviations
+    assert "model.depth=2,5" in deviations  # the quick overrides, as given
     assert f"bnlab tb {out}" in text and "bnlab train -m experiment=vanishing" in text
-    assert set(result.figures) == {"vanishing_by_depth", "gradients_deepest"}
+    assert set(result.figures) == {"vanishing_by_depth", "gradients_deepest", "stall"}
     assert all(path.is_file() and path.stat().st_size > 1000 for path, _ in result.figures.values())
+    terminal = Console(width=200, record=True, file=io.StringIO())
+    print_reproduction(terminal, terminal, result)
+    printed = terminal.export_text()
+    assert "--quick: a reduced sweep" in printed and "not applicable at quick size" in printed
     again = judge_directory(out)
-    assert [c.outcome for c in again.verdict.claims] == [c.outcome for c in result.verdict.claims]
+    assert [c.outcome for c in again.verdict.claims] == outcomes
     assert again.commands == result.commands
 
 
@@ -134,5 +200,7 @@ def test_each_quick_experiment_runs_from_the_command_line(tmp_path, name):
     assert "Traceback" not in result.stdout + result.stderr
     assert "this run measured" in result.stdout and f"bnlab tb {out}" in result.stdout
     text = (out / "reproduce.md").read_text()
-    assert "## Verdict" in text and "not measured**" not in text  # every claim was measured
+    assert "## Verdict" in text
+    assert "not measured**" not in text and "incomplete**" not in text  # every claim that applies was measured
+    assert "--quick" in result.stdout.split("this run measured")[1]  # the verdicts are marked quick
     assert list(out.glob("*.png"))

@@ -1,123 +1,19 @@
-"""The verdict functions on synthetic runs: each must come out "held" where the claim holds and
-"not held" where it does not (a verdict that cannot fail is a defect)."""
+"""The paper experiments' verdicts on synthetic runs: each must come out "held" where the claim holds and
+"not held" where it does not (a verdict that cannot fail is a defect); `vanishing` and `vanishing_cnn` are in
+test_vanishing_verdicts.py, the outcome rule in test_verdict_model.py."""
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
+from synthetic_runs import geometric, make_run, outcomes
 
 from bnlab.analysis.readback import RunData
-from bnlab.experiments.verdict import HELD, NOT_HELD, NOT_MEASURED, PARTLY, Check, Claim, cross_check
-from bnlab.experiments.verdicts import glorot2010, vanishing, yang2019
-from bnlab.experiments.verdicts_training import drift, early_accuracy, ioffe2015_fig1, lr_tolerance
-
-COUNTER = itertools.count()
-
-
-def nested(settings: dict) -> dict:
-    """{'model.depth': 5} -> {'model': {'depth': 5}}"""
-    config: dict = {}
-    for key, value in settings.items():
-        section, name = key.split(".")
-        config.setdefault(section, {})[name] = value
-    return config
-
-
-def make_run(settings: dict, init: list[float], end: list[float] | None = None, accuracy: list | float = 0.9,
-             steps: int = 100, status: str = "completed", extra: dict | None = None,
-             weight: list[float] | None = None) -> RunData:
-    """A run read back, as bnlab.analysis.readback would give it: hidden layers found by their preact/mean tags,
-    grad_norm/output at step 0 (`init`) and at the last step (`end`), acc/test over steps."""
-    settings = {"norm.name": "bnlab", "train.seed": 0, **settings}
-    end = end or init
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for index, (first, last) in enumerate(zip(init, end, strict=True)):
-        layer = f"layer{index:02d}"
-        scalars[f"preact/mean/{layer}"] = [(0, 0.0), (steps - 1, 0.0)]
-        scalars[f"grad_norm/output/{layer}"] = [(0, first), (steps - 1, last)]
-        if weight is not None:
-            scalars[f"grad_norm/weight/{layer}"] = [(0, weight[index])]
-    if isinstance(accuracy, float):
-        accuracy = [(0, 0.1), (steps, accuracy)]
-    scalars["acc/test"] = list(accuracy)
-    scalars.update(extra or {})
-    summary = {"status": status, "config": nested(settings), "seed": settings["train.seed"], "steps": steps,
-               "total_steps": steps, "overrides": [f"{k}={v}" for k, v in settings.items()]}
-    return RunData(Path(f"/synthetic/run{next(COUNTER)}"), summary, scalars)
-
-
-def geometric(depth: int, factor: float, jitter: float = 1.0) -> list[float]:
-    """A profile, input side first, that grows by `factor` per layer toward the input."""
-    return [jitter * factor ** (depth - 1 - i) for i in range(depth)]
-
-
-def outcomes(verdict) -> list[str]:
-    return [claim.outcome for claim in verdict.claims]
-
-
-# --- the outcome rule
-
-
-def test_a_claim_is_held_partly_not_held_or_not_measured():
-    yes, no, unknown = (Check("x", "1", "t", passed) for passed in (True, False, None))
-    assert Claim("c", "p", [yes, yes]).outcome == HELD
-    assert Claim("c", "p", [yes, no]).outcome == PARTLY
-    assert Claim("c", "p", [yes, unknown]).outcome == PARTLY  # an unmeasured check keeps it from being held
-    assert Claim("c", "p", [no, no]).outcome == NOT_HELD
-    assert Claim("c", "p", [no, unknown]).outcome == NOT_HELD
-    assert Claim("c", "p", [unknown]).outcome == NOT_MEASURED
-    assert Claim("c", "p", []).outcome == NOT_MEASURED
-
-
-# --- vanishing
-
-
-def vanishing_runs(vanishes: bool) -> list[RunData]:
-    runs = []
-    for activation, depth, norm, seed in itertools.product(("sigmoid", "tanh"), (2, 5, 10, 20), ("none", "bnlab"),
-                                                           range(3)):
-        jitter = 1 + 0.05 * seed
-        if norm == "none":
-            profile = geometric(depth, 0.14 if vanishes else 1.0, jitter)
-            accuracy = 0.1 + 0.01 * seed if vanishes else 0.95
-        else:
-            profile = geometric(depth, 1.02 if vanishes else 1.5, jitter)
-            accuracy = 0.95 - 0.01 * seed if vanishes else 0.12
-        runs.append(make_run({"model.activation": activation, "model.depth": depth, "norm.name": norm,
-                              "train.seed": seed}, profile, accuracy=accuracy))
-    return runs
-
-
-def test_vanishing_holds_when_gradients_vanish_without_bn_and_bn_trains():
-    verdict = vanishing({"main": vanishing_runs(vanishes=True)})
-    assert outcomes(verdict) == [HELD, HELD, HELD]
-    assert "6.4e-17" in verdict.claims[0].checks[0].measured or verdict.claims[0].checks[0].passed
-    assert [table.title.split(":")[0] for table in verdict.tables] == ["sigmoid", "tanh"]
-    assert len(verdict.tables[0].rows) == 8  # 2 norms x 4 depths
-
-
-def test_vanishing_does_not_hold_when_the_gradient_is_flat_and_bn_explodes():
-    verdict = vanishing({"main": vanishing_runs(vanishes=False)})
-    assert outcomes(verdict) == [NOT_HELD, NOT_HELD, NOT_HELD]
-
-
-def test_vanishing_needs_the_monotone_fall_with_depth():
-    runs = vanishing_runs(vanishes=True)
-    for run in runs:  # depth 10 without BN vanishes less than depth 5: not geometric in depth
-        if run.config["norm"]["name"] == "none" and run.config["model"]["depth"] == 10:
-            for tag, points in run.scalars.items():
-                if tag.startswith("grad_norm/output/"):
-                    run.scalars[tag] = [(step, 1.0) for step, _ in points]
-    claim = vanishing({"main": runs}).claims[0]
-    assert claim.outcome == PARTLY
-    assert [check.passed for check in claim.checks] == [True, False, True, False]
-
-
-def test_vanishing_without_runs_is_not_measured():
-    assert set(outcomes(vanishing({"main": []}))) == {NOT_MEASURED}
-
+from bnlab.experiments import glorot2010, ioffe2015_fig1, lr_tolerance, yang2019
+from bnlab.experiments.crosscheck import cross_check
+from bnlab.experiments.ioffe2015_fig1 import drift, early_accuracy
+from bnlab.experiments.verdict import HELD, NOT_APPLICABLE, NOT_HELD, NOT_MEASURED, PARTLY
 
 # --- ioffe2015_fig1
 
@@ -144,21 +40,32 @@ def ioffe_runs(bn_better: bool, unit_drifts_with_bn: bool = False) -> list[RunDa
 
 
 def test_ioffe_holds_when_bn_is_faster_higher_and_stable():
-    verdict = ioffe2015_fig1({"main": ioffe_runs(bn_better=True)})
+    verdict = ioffe2015_fig1.verdict({"main": ioffe_runs(bn_better=True)})
     assert outcomes(verdict) == [HELD, HELD, HELD]
     assert len(verdict.claims[2].checks) == 4  # one fixed unit and the whole layer, median and spread each
     assert "unit 0" in verdict.notes[0]
 
 
 def test_ioffe_stability_is_partly_held_when_only_the_fixed_unit_drifts_with_bn():
-    verdict = ioffe2015_fig1({"main": ioffe_runs(bn_better=True, unit_drifts_with_bn=True)})
+    verdict = ioffe2015_fig1.verdict({"main": ioffe_runs(bn_better=True, unit_drifts_with_bn=True)})
     stability = verdict.claims[2]
     assert stability.outcome == PARTLY
     assert [check.passed for check in stability.checks] == [False, True, True, True]
 
 
 def test_ioffe_does_not_hold_when_the_arms_are_swapped():
-    assert outcomes(ioffe2015_fig1({"main": ioffe_runs(bn_better=False)})) == [NOT_HELD, NOT_HELD, NOT_HELD]
+    assert outcomes(ioffe2015_fig1.verdict({"main": ioffe_runs(bn_better=False)})) == [NOT_HELD, NOT_HELD, NOT_HELD]
+
+
+def test_ioffe_a_higher_mean_whose_interval_overlaps_the_other_arms_is_not_held():
+    runs = ioffe_runs(bn_better=True)
+    spread = {"bnlab": (0.97, 0.99, 0.95), "none": (0.96, 0.90, 0.99)}  # BN's mean higher, no BN's seeds wide
+    for run in runs:
+        final = spread[run.config["norm"]["name"]][run.seed]
+        run.scalars["acc/test"] = [(step, final) for step, _ in run.scalars["acc/test"]]
+    faster, higher = ioffe2015_fig1.verdict({"main": runs}).claims[:2]
+    assert faster.outcome == higher.outcome == PARTLY
+    assert [check.passed for check in higher.checks] == [True, False]
 
 
 def test_ioffe_measures():
@@ -196,11 +103,18 @@ def glorot_runs(holds: bool) -> dict[str, list[RunData]]:
 
 
 def test_glorot_holds():
-    assert outcomes(glorot2010(glorot_runs(holds=True))) == [HELD, HELD, HELD, HELD]
+    assert outcomes(glorot2010.verdict(glorot_runs(holds=True))) == [HELD, HELD, HELD, HELD]
+
+
+def test_glorot_saturation_after_a_short_budget_is_not_applicable():
+    runs = glorot_runs(holds=True)
+    for run in runs["saturation"]:
+        run.summary["config"]["train"]["steps"] = 200
+    assert outcomes(glorot2010.verdict(runs)) == [NOT_APPLICABLE, HELD, HELD, HELD]
 
 
 def test_glorot_does_not_hold():
-    verdict = glorot2010(glorot_runs(holds=False))
+    verdict = glorot2010.verdict(glorot_runs(holds=False))
     assert outcomes(verdict)[:3] == [NOT_HELD, NOT_HELD, NOT_HELD]
 
 
@@ -224,25 +138,35 @@ def yang_runs(holds: bool) -> dict[str, list[RunData]]:
             profile = geometric(layers, 1.21)
             accuracy = 0.95 if (layers < 25 or not holds) else 0.1
         depth.append(make_run({"model.depth": layers, "model.residual": residual, "train.seed": seed}, profile,
-                              accuracy=accuracy + 0.01 * seed))
+                              accuracy=accuracy + 0.01 * seed, steps=300))
     return {"init": init, "depth": depth}
 
 
 def test_yang_holds():
-    verdict = yang2019(yang_runs(holds=True))
+    verdict = yang2019.verdict(yang_runs(holds=True))
     assert outcomes(verdict) == [HELD, HELD, HELD]
     assert verdict.claims[0].checks[0].measured.startswith("1.21")
 
 
 def test_yang_does_not_hold():
-    verdict = yang2019(yang_runs(holds=False))
+    verdict = yang2019.verdict(yang_runs(holds=False))
     assert outcomes(verdict) == [PARTLY, PARTLY, NOT_HELD]
     assert [check.passed for check in verdict.claims[0].checks] == [False, True, False]
     assert [check.passed for check in verdict.claims[1].checks] == [True, False]
 
 
+def test_yang_at_quick_size_judges_no_trainable_depth_on_thresholds_for_depth_50():
+    runs = yang_runs(holds=True)
+    quick = [run for run in runs["depth"] if run.config["model"]["depth"] <= 25]
+    verdict = yang2019.verdict({"init": runs["init"], "depth": quick})
+    assert outcomes(verdict) == [HELD, HELD, HELD]  # judged on what applies: depth 5 and depth 25 train
+    for claim, skipped in ((verdict.claims[1], 1), (verdict.claims[2], 0)):  # the collapse, the ratio at 50
+        assert claim.checks[skipped].not_applicable == "needs model.depth ≥ 50 (ran 25)"
+        assert len(claim.applicable) == 1 and claim.applicable[0].passed is True
+
+
 def test_yang_without_the_depth_part_is_not_measured():
-    verdict = yang2019({"init": yang_runs(holds=True)["init"]})
+    verdict = yang2019.verdict({"init": yang_runs(holds=True)["init"]})
     assert outcomes(verdict) == [HELD, NOT_MEASURED, NOT_MEASURED]
 
 
@@ -258,7 +182,7 @@ def lr_runs(largest_plain: float, largest_bn: float | None) -> list[RunData]:
         good = largest is not None and lr <= largest
         status = "completed" if good or lr < 0.1 else "diverged"
         runs.append(make_run({"optim.lr": lr, "norm.name": norm, "train.seed": seed}, [1.0, 1.0],
-                             accuracy=0.95 if good else 0.1, status=status))
+                             accuracy=0.95 if good else 0.1, status=status, steps=500))
     return runs
 
 
@@ -269,9 +193,21 @@ def lr_runs(largest_plain: float, largest_bn: float | None) -> list[RunData]:
     (0.1, None, NOT_HELD),  # BN trains at no rate of the grid
 ])
 def test_lr_tolerance(largest_plain, largest_bn, expected):
-    verdict = lr_tolerance({"main": lr_runs(largest_plain, largest_bn)})
+    verdict = lr_tolerance.verdict({"main": lr_runs(largest_plain, largest_bn)})
     assert outcomes(verdict) == [expected]
     assert len(verdict.tables[0].rows) == len(RATES)
+
+
+def test_lr_tolerance_at_a_budget_too_short_for_the_threshold_is_not_applicable():
+    runs = lr_runs(0.1, 3.16)
+    for run in runs:
+        run.summary["config"]["train"]["steps"] = 100
+    assert outcomes(lr_tolerance.verdict({"main": runs})) == [NOT_APPLICABLE]
+    assert outcomes(lr_tolerance.verdict({"main": [run for run in runs if run.config["norm"]["name"] == "none"]})) \
+        == [NOT_APPLICABLE]
+    runs = lr_runs(0.1, 3.16)
+    assert outcomes(lr_tolerance.verdict({"main": [run for run in runs if run.config["norm"]["name"] == "none"]})) \
+        == [NOT_MEASURED]
 
 
 # --- the norm=torch cross-check

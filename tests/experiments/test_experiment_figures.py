@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_verdicts import geometric, make_run
 
-from bnlab.experiments import figures
+from bnlab.experiments import vanishing
 
 
 def _vanishing_runs():
@@ -18,7 +18,7 @@ def _vanishing_runs():
 
 
 def test_vanishing_figures_draw_step_0_dashed_on_top_and_the_end_solid():
-    (_, _, by_depth), (_, _, deepest) = figures.vanishing(_vanishing_runs())
+    (_, _, by_depth), (_, _, deepest), _ = vanishing.figures(_vanishing_runs())
     ratio_panel = by_depth.axes[0]
     for label_end, style in ((", init", "--"), (", end", "-")):
         lines = [line for line in ratio_panel.lines if line.get_label().endswith(label_end)]
