@@ -45,6 +45,9 @@ class NormConfig:
     eps: float = 1e-5
     momentum: float | None = 0.1
     position: str = "before_act"
+    # With train.nproc > 1: batch statistics over the global batch of all processes (bnlab.nn.sync),
+    # so the N processes train as one process on the whole batch would. One process: no effect.
+    sync: bool = False
 
 
 @dataclass
@@ -145,6 +148,9 @@ def validate(cfg: Any) -> None:
     _choice("norm.name", norm.name, NORMS)
     _choice("norm.position", norm.position, NORM_POSITIONS)
     _positive("norm.eps", norm.eps, 0, strict=True)
+    if norm.sync and norm.name == "torch":
+        raise ConfigError("norm.sync=true synchronizes bnlab's BatchNorm; torch's SyncBatchNorm does not run on "
+                          "the CPU: use norm=bnlab, or norm.sync=false")
     if norm.momentum is not None and not 0 <= norm.momentum <= 1:
         raise ConfigError(f"norm.momentum={norm.momentum} is out of range; expected 0..1 or null (cumulative)")
     _choice("data.name", data.name, DATASETS)
