@@ -88,6 +88,9 @@ class TrainConfig:
     # Image models keep weights and activations in channels-last (NHWC) memory order, where oneDNN's CPU
     # convolutions are faster (scripts/bench_channels_last.py: a default CNN step 11.5 ms instead of 15.1 ms).
     channels_last: bool = True
+    # Processes that train together (torch.distributed.run, DistributedDataParallel), each on
+    # data.batch_size / nproc of every global batch; with train.device=cuda, one GPU each.
+    nproc: int = 1
 
 
 @dataclass
@@ -178,6 +181,12 @@ def validate(cfg: Any) -> None:
     _positive("train.eval_every", train.eval_every)
     _positive("train.checkpoint_every", train.checkpoint_every)
     _positive("train.threads", train.threads, 0)
+    _positive("train.nproc", train.nproc)
+    if data.batch_size % train.nproc:
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} is not divisible by train.nproc={train.nproc}: data.batch_size is "
+            f"the global batch and each process takes an equal share; use a multiple of {train.nproc}, e.g. "
+            f"data.batch_size={data.batch_size - data.batch_size % train.nproc or train.nproc}")
     _choice("train.device", train.device, DEVICES)
     _choice("train.on_divergence", train.on_divergence, ON_DIVERGENCE)
     _positive("log.every", log.every)
