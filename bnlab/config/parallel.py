@@ -36,7 +36,7 @@ def default_launcher(overrides: list[str], cores: int | None = None) -> list[str
     if cfg.hydra.launcher.get("_target_") != BASIC_LAUNCHER or _on_gpu(cfg.train.device):
         return []
     cores = available_cores() if cores is None else cores
-    per_job = (cfg.train.threads or cores) * cfg.train.get("nproc", 1)
+    per_job = (cfg.train.threads or cores) * cfg.train.nproc
     n_jobs = min(jobs, cores // per_job)
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs >= 2 else []
 

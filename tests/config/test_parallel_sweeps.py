@@ -22,6 +22,8 @@ SWEEP = ["norm=none,bnlab", "train.seed=0,1"]  # four jobs
     ([*SWEEP, "train.threads=2"], 4, 2),  # jobs x threads <= cores
     ([*SWEEP, "train.threads=2"], 3, None),
     ([*SWEEP, "train.threads=0"], 8, None),  # torch's default: every core for one job
+    ([*SWEEP, "train.nproc=2"], 4, 2),  # ... x processes per job
+    ([*SWEEP, "train.nproc=2"], 3, None),
     (["norm=none", "train.seed=0"], 8, None),  # one job
     (["experiment=vanishing"], 16, 16),  # the axes the experiment config defines (48 jobs)
     (["experiment=vanishing", "model.depth=2", "train.seed=0", "model.activation=sigmoid"], 16, 2),

@@ -60,6 +60,16 @@ def test_two_processes_train_as_one_process_on_the_global_batch(tmp_path):
         ".hydra", "checkpoint.pt", "summary.json", "train.log"]
 
 
+def test_two_processes_diverge_at_the_step_one_process_does(tmp_path):
+    diverging = [*TINY, "model.activation=relu", "norm=none", "optim.lr=1e10"]
+    expected = train_in_process(tmp_path / "one", *diverging)
+    assert expected.status == "diverged"
+    result = run_bnlab("train", *diverging, "train.nproc=2", f"hydra.run.dir={tmp_path / 'two'}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (summary["status"], summary["diverged_at"]) == ("diverged", expected.diverged_at)
+
+
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen([BNLAB, "train", *overrides, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
