@@ -66,7 +66,8 @@ def global_moments(x: Tensor, group=None) -> tuple[int, Tensor, Tensor]:
         m2 = (xc - _bcast(mean, x)).square().sum(_reduce_dims(x))  # (C,) two passes: exact for large means
     else:
         mean = m2 = xc.new_zeros(channels)
-    local = torch.cat([mean.new_full((1,), count), mean, m2]).double()  # (1 + 2C,)
+    # float64 throughout: a float32 count is exact only up to 2^24 values per channel
+    local = torch.cat([torch.full((1,), count, dtype=torch.float64, device=x.device), mean.double(), m2.double()])
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local, group=group)
     stacked = torch.stack(parts)  # (R, 1 + 2C)
