@@ -2,8 +2,10 @@
 
 Hydra's basic launcher runs a sweep's jobs one after another, each on `train.threads` cores (one by
 default). Where the joblib launcher plugin is installed (`bnlab[sweep]`, part of the default install)
-and the machine has cores to spare, a sweep instead runs as many jobs at a time as fit the cores:
-jobs x threads x processes per job <= cores. Each job seeds itself and draws its batches by index, so
+and the machine has cores to spare, a sweep instead runs as many jobs at a time as fit the idle cores:
+jobs x threads x processes per job <= cores not kept busy by other work. Cores that are busy already
+give parallel jobs only turns: on a machine loaded well past its core count, a parallel sweep measured
+slower than one job at a time. Each job seeds itself and draws its batches by index, so
 the runs are the same as in a sequential sweep. A launcher chosen on the command line
 (`hydra/launcher=basic` for one job at a time, `joblib`, `submitit_slurm`, ...) or in a config file
 always wins, and sweeps on a GPU stay sequential (their jobs would share the one device).
@@ -25,8 +27,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def default_launcher(overrides: list[str], cores: int | None = None) -> list[str]:
-    """The overrides that run the multirun `overrides` (already validated) in parallel; [] to leave it alone."""
+def spare_cores() -> int:
+    """The cores this process may run on less the busy ones: the 1-minute load average, rounded down."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(available_cores() - int(load), 0)
+
+
+def default_launcher(overrides: list[str], spare: int | None = None) -> list[str]:
+    """The overrides that run the multirun `overrides` (already validated) on the `spare` idle cores (by
+    default those of this machine now); [] to leave it to Hydra's basic launcher."""
     keys = [text.split("=", 1)[0].lstrip("+~") for text in overrides]
     if any(key.startswith(("hydra/launcher", "hydra.launcher")) for key in keys):
         return []  # the user's launcher, or settings of one
@@ -35,9 +44,9 @@ def default_launcher(overrides: list[str], cores: int | None = None) -> list[str
     cfg, jobs = _sweep(overrides)
     if cfg.hydra.launcher.get("_target_") != BASIC_LAUNCHER or _on_gpu(cfg.train.device):
         return []
-    cores = available_cores() if cores is None else cores
-    per_job = (cfg.train.threads or cores) * cfg.train.nproc
-    n_jobs = min(jobs, cores // per_job)
+    spare = spare_cores() if spare is None else spare
+    per_job = (cfg.train.threads or available_cores()) * cfg.train.nproc  # threads=0: torch takes every core
+    n_jobs = min(jobs, spare // per_job)
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs >= 2 else []
 
 
