@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from bnlab.config.parallel import default_launcher
 from bnlab.errors import BnlabError, ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -61,6 +62,7 @@ def plan(args: list[str]) -> Launch:
             else:
                 sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
                 args.append(f"hydra.sweep.dir={sweep_dir}")
+            args += default_launcher(overrides)  # every core, unless a launcher was chosen
     return Launch(args, multirun, sweep_dir, inspect_only, jobs if multirun else 1, run_dir, axes)
 
 

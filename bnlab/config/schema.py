@@ -56,6 +56,9 @@ class NormConfig:
     noise_mean: float = 0.5  # noisy: each step, each unit's mean moves by up to this (Santurkar et al. 2018)
     noise_std: float = 1.5  # noisy: ... and its standard deviation is scaled by a factor in [1/this, this]
     groups: int = 8  # group, torch_group: channel groups (Wu & He 2018); divides model.width
+    # With train.nproc > 1: batch statistics over the global batch of all processes (bnlab.nn.sync),
+    # so the N processes train as one process on the whole batch would. One process: no effect.
+    sync: bool = False
 
 
 @dataclass
@@ -96,6 +99,9 @@ class TrainConfig:
     # Image models keep weights and activations in channels-last (NHWC) memory order, where oneDNN's CPU
     # convolutions are faster (scripts/bench_channels_last.py: a default CNN step 11.5 ms instead of 15.1 ms).
     channels_last: bool = True
+    # Processes that train together (torch.distributed.run, DistributedDataParallel), each on
+    # data.batch_size / nproc of every global batch; with train.device=cuda, one GPU each.
+    nproc: int = 1
 
 
 @dataclass
@@ -165,6 +171,9 @@ def validate(cfg: Any) -> None:
     _choice("norm.name", norm.name, NORMS)
     _choice("norm.position", norm.position, NORM_POSITIONS)
     _positive("norm.eps", norm.eps, 0, strict=True)
+    if norm.sync and norm.name != "bnlab":
+        raise ConfigError(f"norm.sync=true synchronizes bnlab's BatchNorm (norm=bnlab) only, not norm={norm.name} "
+                          "(torch's SyncBatchNorm does not run on the CPU); use norm=bnlab, or norm.sync=false")
     if norm.momentum is not None and not 0 <= norm.momentum <= 1:
         raise ConfigError(f"norm.momentum={norm.momentum} is out of range; expected 0..1 or null (cumulative)")
     _validate_norm_variants(norm, model, data)
@@ -194,6 +203,12 @@ def validate(cfg: Any) -> None:
     _positive("train.eval_every", train.eval_every)
     _positive("train.checkpoint_every", train.checkpoint_every)
     _positive("train.threads", train.threads, 0)
+    _positive("train.nproc", train.nproc)
+    if data.batch_size % train.nproc:
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} is not divisible by train.nproc={train.nproc}: data.batch_size is "
+            f"the global batch and each process takes an equal share; use a multiple of {train.nproc}, e.g. "
+            f"data.batch_size={data.batch_size - data.batch_size % train.nproc or train.nproc}")
     _choice("train.device", train.device, DEVICES)
     _choice("train.on_divergence", train.on_divergence, ON_DIVERGENCE)
     _positive("log.every", log.every)

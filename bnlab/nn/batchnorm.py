@@ -9,7 +9,7 @@ so either layer loads the other's state dict and torch's layer serves as the tes
 import torch
 from torch import Tensor, nn
 
-from bnlab.nn import functional, kernels
+from bnlab.nn import functional, kernels, sync
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -51,7 +51,12 @@ def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps:
 
 
 class _NormBase(nn.Module):
-    """Parameters (weight, bias), buffers (running_mean, running_var, num_batches_tracked) and their reset."""
+    """Parameters (weight, bias), buffers (running_mean, running_var, num_batches_tracked) and their reset.
+
+    `sync` (set by convert_sync_batchnorm, as torch's constructor has no such argument) takes training
+    batch statistics over the processes of `process_group` (None: the whole torch.distributed world; see
+    bnlab.nn.sync); without an initialized group of two or more processes the layer is plain BatchNorm.
+    """
 
     _version = 2  # torch's state-dict version: version 2 added num_batches_tracked
 
@@ -65,6 +70,8 @@ class _NormBase(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
+        self.sync = False
+        self.process_group = None
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
         else:
@@ -104,7 +111,8 @@ class _NormBase(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+                + (", sync=True" if self.sync else ""))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
@@ -134,7 +142,9 @@ class _BatchNorm(_NormBase):
         self._check_input(input)
         input = _dense_like_torch(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        if use_batch_stats:
+        # Only training communicates: eval mode (even on batch statistics) stays local.
+        synchronized = self.sync and self.training and sync.is_synchronized(self.process_group)
+        if use_batch_stats and not synchronized:  # a synchronized layer checks the global batch instead
             self._check_batch_size(input)
 
         factor = 0.0 if self.momentum is None else self.momentum
@@ -146,10 +156,14 @@ class _BatchNorm(_NormBase):
         if not use_batch_stats:
             return functional.batch_norm_eval(input, self.running_mean, self.running_var,
                                               self.weight, self.bias, self.eps)
-        output, mean, var = batch_norm_train(input, self.weight, self.bias, self.eps)
+        if synchronized:
+            output, mean, var, count = sync.sync_batch_norm_train(input, self.weight, self.bias, self.eps,
+                                                                  self.process_group, type(self).__name__)
+        else:
+            output, mean, var = batch_norm_train(input, self.weight, self.bias, self.eps)
+            count = input.numel() // input.shape[1]
         if mean is not None:  # None for an empty batch, which leaves all statistics as they were
             if self.training and self.track_running_stats:
-                count = input.numel() // input.shape[1]
                 functional.update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
             self.batch_mean, self.batch_var = mean, var
         return output
@@ -174,6 +188,18 @@ class _BatchNorm(_NormBase):
             fix = "use a batch larger than one (track_running_stats=False: eval mode uses batch statistics too)"
         raise ValueError(f"{type(self).__name__} needs more than one value per channel to compute batch "
                          f"statistics, got input of shape {tuple(input.shape)}; {fix}")
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Switch every bnlab BatchNorm layer in `module` to batch statistics over `process_group`, in place.
+
+    Returns `module`. Unlike torch.nn.SyncBatchNorm.convert_sync_batchnorm, the layers stay bnlab's own
+    (same class, forward, parameters and buffers); torch's layers are left alone.
+    """
+    for layer in module.modules():
+        if isinstance(layer, _BatchNorm):
+            layer.sync, layer.process_group = True, process_group
+    return module
 
 
 class BatchNorm1d(_BatchNorm):

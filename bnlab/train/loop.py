@@ -27,7 +27,7 @@ from bnlab.models.nets import build_model
 from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
 from bnlab.telemetry.writer import RunWriter
-from bnlab.train import checkpoint, summary
+from bnlab.train import checkpoint, distributed, summary
 from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
 
@@ -139,6 +139,8 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         record["started"] = previous.get("started", record["started"])
     else:
         summary.claim(run_dir, record)
+    if distributed.is_launcher(cfg):  # train.nproc > 1: its processes train, this job waits for them
+        return RunResult(run_dir, **distributed.launch(cfg, run_dir, record, progress))
 
     writer = telemetry = None
     flushed = torch.set_flush_denormal(cfg.train.flush_denormal)
@@ -157,6 +159,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
             data = data.to_memory_format(torch.channels_last)
         optimizer = build_optimizer(cfg.optim, model)
         sampler = BatchSampler(len(data.x_train), cfg.data.batch_size, seed=cfg.train.seed)
+        training_model, sampler = distributed.prepare(cfg, model, sampler)  # DDP and a shard with nproc > 1
         state = checkpoint.load(checkpoint_path) if resuming and checkpoint_path.exists() else None
         start = state["step"] if state else 0
         # On resume, TensorBoard drops records at steps >= start left by the stopped process (no duplicates).
@@ -175,7 +178,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         record["steps"] = start
         log.info("%s %s at step %d of %d on %s; overrides: %s", "resuming" if state else "starting", run_dir, start,
                  cfg.train.steps, device, " ".join(record["overrides"]) or "(none)")
-        status = _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start,
+        status = _loop(cfg, training_model, optimizer, sampler, data, telemetry, progress, record, start,
                        checkpoint_path, lambda step: _checkpoint_state(model, optimizer, sampler, telemetry,
                                                                         step, record))
     except Exception as error:  # the run failed: keep its records, say why, and let a sweep go on
@@ -245,6 +248,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
             if due:
                 telemetry.observe_step(step, optimizer, loss_of, x, y)
             loss_value, finite = finite_check(loss, [p.grad for p in params if p.grad is not None])  # one sync
+            loss, loss_value, finite = distributed.agree(loss, loss_value, finite, stop)  # of all processes
             if finite:
                 optimizer.step()
             else:  # a diverged step never reaches the parameters
