@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="bnlab",
@@ -45,7 +46,8 @@ def _guarded(action: Callable[[], int | None]) -> None:
     try:
         code = action() or 0
     except BnlabError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # a message may quote paths and "[Errno 28]": text, never markup
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         code = error.exit_code
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]")
@@ -77,7 +79,10 @@ def train(ctx: typer.Context) -> None:
         if launch.inspect_only:
             return 0
         if launch.multirun:
-            return print_sweep(console, launch.sweep_dir)
+            code = print_sweep(console, launch.sweep_dir)
+            for error in launch.errors:  # jobs that could not run at all, e.g. a resume that failed to load
+                errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            return code or int(bool(launch.errors))
         return print_run_result(console, errors, results[-1]) if results else 1
 
     _guarded(action)
@@ -121,9 +126,9 @@ def report(
         for table in rich_tables(result):
             console.print(table)
         for note in result.notes:
-            console.print(f"[yellow]not completed:[/] {note}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]not completed:[/] {escape(note)}", highlight=False, soft_wrap=True)
         for warning in result.warnings:
-            errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            errors.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"wrote [bold]{result.markdown}[/] and {len(result.figures)} figures to "
                       f"{result.out_dir}", highlight=False)
 
@@ -169,9 +174,9 @@ def reproduce(
         result = run_experiment(name, list(ctx.args), quick=quick, out=out)
         console.print(rich_table(result))
         for note in result.not_completed:
-            console.print(f"[yellow]not completed:[/] {note}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]not completed:[/] {escape(note)}", highlight=False, soft_wrap=True)
         for warning in result.warnings:
-            errors.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            errors.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"wrote [bold]{result.markdown}[/] and {len(result.figures)} figures "
                       f"({result.seconds:.0f} s to plan and run)", highlight=False, soft_wrap=True)
         console.print(f"look deeper: [bold]bnlab tb {result.directory}[/]", highlight=False, soft_wrap=True)
@@ -204,18 +209,19 @@ def tb(
     """Start TensorBoard on ROOT (default: runs/) and wait; Ctrl-C stops it."""
 
     def action() -> int:
-        from bnlab.analysis.tensorboard import start_tensorboard, stop
+        from bnlab.analysis.tensorboard import start_tensorboard, stop, stop_on_termination
         from bnlab.errors import BnlabError
 
-        server = start_tensorboard(root, port=port, host=host)
-        try:  # from here on, Ctrl-C is the normal way out
-            console.print(f"TensorBoard on {root}: [bold]{server.url}[/]  (Ctrl-C stops it)", highlight=False,
-                          soft_wrap=True)  # never break the URL
-            code = server.process.wait()
-        except KeyboardInterrupt:
-            stop(server)
-            console.print("TensorBoard stopped")
-            return 0
+        with stop_on_termination():  # SIGTERM and SIGHUP stop TensorBoard as Ctrl-C does
+            server = start_tensorboard(root, port=port, host=host)
+            try:  # from here on, Ctrl-C is the normal way out
+                console.print(f"TensorBoard on {root}: [bold]{server.url}[/]  (Ctrl-C stops it)", highlight=False,
+                              soft_wrap=True)  # never break the URL
+                code = server.process.wait()
+            except KeyboardInterrupt:
+                stop(server)
+                console.print("TensorBoard stopped")
+                return 0
         output = server.output()
         stop(server)
         raise BnlabError(f"TensorBoard exited on its own (exit code {code}); it said:\n"

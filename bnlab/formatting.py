@@ -25,3 +25,12 @@ def stat(value, spec: str = ".3g", runs: int | None = None) -> str:
     if value.low is not None:
         text += f" ×/÷ {value.factor:.3g}" if value.geometric else f" ± {value.half_width:.2g}"
     return text + (f" (n={value.n})" if runs is not None and value.n < runs else "")
+
+
+def byte_size(count: float) -> str:
+    """A size in bytes as people read it: '512 B', '3.1 MB', '26.2 GB' (powers of 1000, as `df -H`)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:.3g} {unit}" if unit != "B" else f"{count:.0f} B"
+        count /= 1000
+    return f"{count:.3g} TB"

@@ -70,6 +70,7 @@ def list_runs(root: Path) -> list[RunInfo]:
 
 def runs_table(runs: list[RunInfo], root: Path):
     """A rich Table of `runs`: when, what (overrides), status, steps and final metrics."""
+    from rich.markup import escape
     from rich.table import Table
 
     styles = {"completed": "green", "diverged": "yellow", "interrupted": "yellow", "failed": "red",
@@ -82,9 +83,9 @@ def runs_table(runs: list[RunInfo], root: Path):
         table.add_column(column, justify="right")
     for run in runs:
         metrics, figures = run.summary.get("metrics") or {}, run.summary.get("figures") or {}
-        status = run.status if run.error is None else f"damaged: {run.error}"
-        # A running run's summary.json still holds its start: how far it got is in its event files.
-        done = "?" if run.status == "running" else run.summary.get("steps", "-")
+        status = run.status if run.error is None else f"damaged: {escape(run.error)}"
+        # A running run's summary.json says how far it got at its last checkpoint (also after a kill -9).
+        done = run.summary.get("steps", "-")
         steps = f"\n{done}/{run.summary.get('total_steps', '-')}" if run.summary else ""
         overrides = " ".join(o for o in run.overrides if not o.startswith("hydra")) or "(defaults)"
         ratio = (f"{_number(figures.get('grad_ratio_first_last/init'), '.1e')} → "

@@ -8,15 +8,18 @@ overrides recorded in DIR, so the resumed run recomposes exactly the same config
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from bnlab.errors import BnlabError, ConfigError
+from bnlab.train import lock
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Flags that make Hydra print something instead of running: pass them straight through.
@@ -31,10 +34,13 @@ class Launch:
     multirun: bool
     sweep_dir: Path | None
     inspect_only: bool
+    run_dir: Path | None = None  # a single run's directory, fixed in advance
+    locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
+    errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
 
 
 def plan(args: list[str]) -> Launch:
-    """Expand resume, validate every sweep point, and fix the sweep directory in advance."""
+    """Expand resume, validate every sweep point, then fix, check and lock the run or sweep directory."""
     args = list(args)
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
@@ -43,17 +49,71 @@ def plan(args: list[str]) -> Launch:
         args, overrides, flags = _resume_args(resume[-1].split("=", 1)[1], overrides, flags)
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     inspect_only = any(flag.split("=")[0] in INSPECT_FLAGS for flag in flags)
-    sweep_dir = None
-    if not inspect_only:
-        check_overrides(overrides)
-        if multirun:
-            given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
-            if given:
-                sweep_dir = Path(given[-1].split("=", 1)[1])
-            else:
-                sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
-                args.append(f"hydra.sweep.dir={sweep_dir}")
-    return Launch(args, multirun, sweep_dir, inspect_only)
+    launch = Launch(args, multirun, None, inspect_only)
+    if inspect_only:
+        return launch
+    cfg = check_overrides(overrides)
+    if multirun:
+        given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
+        if given:
+            launch.sweep_dir = Path(given[-1].split("=", 1)[1])
+        else:
+            launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+            args.append(f"hydra.sweep.dir={launch.sweep_dir}")
+        _take(launch, launch.sweep_dir, bool(resume), "sweep")
+        return launch
+    # Resolve the directory now and hand Hydra the result, so the directory checked is the one used.
+    try:
+        launch.run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    except Exception:  # a pattern that needs Hydra's runtime: Hydra makes it, and train() still claims it
+        return launch
+    given = [o for o in overrides if o.startswith("hydra.run.dir=")]
+    if not given or "${" in given[-1]:
+        args.append(f"hydra.run.dir={_quoted(str(launch.run_dir))}")
+    _take(launch, launch.run_dir, bool(resume), "run")
+    return launch
+
+
+def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
+    """Refuse a directory that holds another run (unless resuming it), create it, and lock it."""
+    key = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
+    if not resuming:
+        _refuse_if_taken(directory, what, key)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if lock.hold(directory):
+            launch.locked.append(directory)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        where = f" ({error.filename})" if error.filename and Path(error.filename) != directory else ""
+        raise ConfigError(f"cannot write the {what} directory {directory}: {reason}{where}; choose a writable "
+                          f"place with {key}=DIR") from error
+    if not resuming:  # another process may have started a run there between the check and the lock
+        try:
+            _refuse_if_taken(directory, what, key)
+        except ConfigError:
+            if launch.locked and launch.locked[-1] == directory:
+                lock.release(launch.locked.pop())
+            raise
+
+
+def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
+    if what == "sweep":
+        found = [directory / "multirun.yaml"] + sorted(directory.glob("*/summary.json"))[:1]
+    else:
+        found = [directory / "summary.json", directory / ".hydra"]
+    taken = next((path for path in found if path.exists()), None)
+    if taken is not None:
+        raise ConfigError(
+            f"{what} directory {directory} already holds a {what} ({taken} exists); bnlab never writes a new "
+            f"{what} over another: choose another {key}, or continue that {what} with resume={directory}")
+
+
+def _quoted(value: str) -> str:
+    """`value` as a Hydra override value: quoted where Hydra's grammar would read its characters as syntax."""
+    if re.fullmatch(r"[\w./:%+~-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def run_hydra(launch: Launch) -> list:
@@ -67,14 +127,19 @@ def run_hydra(launch: Launch) -> list:
         train_app.main()
     finally:
         sys.argv = saved
+        for directory in launch.locked:
+            lock.release(directory)
+        launch.locked.clear()
     errors = [r for r in train_app.RESULTS if isinstance(r, BnlabError)]
     if errors and not launch.multirun:
         raise errors[0]
+    launch.errors = errors
     return [r for r in train_app.RESULTS if not isinstance(r, BnlabError)]
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate the config at every value of every sweep axis.
+def check_overrides(overrides: list[str]):
+    """Compose and validate the config at every value of every sweep axis; the first point's config
+    (with its `hydra` node).
 
     The axes are the command line's and those an experiment config defines in `hydra.sweeper.params`
     (e.g. `experiment=vanishing`), except where the command line gives the same key: it takes precedence,
@@ -100,6 +165,7 @@ def check_overrides(overrides: list[str]) -> None:
     for index, key, values in axes:
         for value in values:
             compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:])
+    return cfg
 
 
 def _parse(overrides: list[str]) -> list:
@@ -113,8 +179,6 @@ def _parse(overrides: list[str]) -> list:
 
 def _sweeper_params(cfg) -> dict:
     """{key: parsed override} of the sweep axes the composed config defines in hydra.sweeper.params."""
-    from omegaconf import OmegaConf
-
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
     if not params:
         return {}
@@ -132,6 +196,7 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False):
 
     from bnlab.config.app import CONFIG_DIR
     from bnlab.config.overrides import explain_compose_error
+    from bnlab.config.resources import check_fits
     from bnlab.config.schema import validate
 
     GlobalHydra.instance().clear()
@@ -144,13 +209,37 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False):
         raise explain_compose_error(error, overrides, CONFIG_DIR) from error
     finally:
         GlobalHydra.instance().clear()
+    _check_interpolations(cfg)
     validate(cfg)
-    from bnlab.data.datasets import check_available
+    from bnlab.data.datasets import check_available, check_batch_size
     from bnlab.train.loop import resolve_device
 
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+    check_batch_size(cfg.data.name, cfg.data.batch_size, synthetic_samples=cfg.data.samples)
+    check_fits(cfg, device)
     return cfg
+
+
+def _check_interpolations(cfg) -> None:
+    """Resolve every `${...}` of the run's config now: a bad one is a ConfigError naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for section in cfg:
+        if section == "hydra":  # Hydra's own node resolves at run time (${hydra:...}, ${now:...})
+            continue
+        try:
+            node = cfg[section]  # a leaf (resume) resolves on access
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or section
+            raw = OmegaConf.to_container(cfg, resolve=False)
+            for part in str(key).split("."):
+                raw = raw.get(part, "?") if isinstance(raw, dict) else "?"
+            message = _first_line(error).removeprefix("While dereferencing interpolation ")
+            raise ConfigError(f"{key}={raw} cannot be resolved: {message}; write a plain value, or an "
+                              "interpolation of an existing key (e.g. ${model.width})") from None
 
 
 def _resume_args(target: str, overrides: list[str], flags: list[str]):

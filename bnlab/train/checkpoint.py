@@ -1,13 +1,13 @@
 """Atomic checkpoints and the random-number state that makes a resume exact.
 
 A checkpoint is written to a temporary file in the same directory, flushed to
-disk, then renamed over the old one: a kill at any moment leaves either the
-previous complete checkpoint or the new one, never half a file.
+disk, then renamed over the old one (`bnlab.train.files`): a kill at any moment
+leaves either the previous complete checkpoint or the new one, never half a file.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import random
 from pathlib import Path
 
@@ -15,18 +15,16 @@ import numpy as np
 import torch
 
 from bnlab.errors import RunFileError
+from bnlab.train.files import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save(path: Path, state: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    # serialized in memory first: a full disk then fails as an OSError of the write, not inside torch's zip writer
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(Path(path), buffer.getbuffer(), "checkpoint")
 
 
 def load(path: Path) -> dict:
