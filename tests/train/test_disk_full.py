@@ -28,7 +28,7 @@ def small_disk(tmp_path):
         return
 
     def grow() -> None:
-        subprocess.run(["mount", "-o", "remount,size=4m", str(folder)], check=True)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
 
     yield folder, grow
     subprocess.run(["umount", str(folder)], check=True)

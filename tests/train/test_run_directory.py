@@ -93,7 +93,7 @@ def test_a_second_resume_is_refused_while_the_first_trains_and_names_it(run_copy
 
 def test_resuming_a_run_that_is_still_training_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    training = start(*LONG, f"hydra.run.dir={run_dir}")
+    training = start(*LONG, "train.steps=100000", f"hydra.run.dir={run_dir}")  # still training when refused
     wait_for(lambda: (run_dir / "checkpoint.pt").exists(), training, what="the first checkpoint")
     refused = run_bnlab("train", f"resume={run_dir}")
     assert_one_line(refused, 2, f"in use by process {training.pid}")
@@ -102,7 +102,7 @@ def test_resuming_a_run_that_is_still_training_is_refused(tmp_path):
 
 def test_two_sweeps_never_share_a_directory(tmp_path):
     sweep = tmp_path / "sweep"
-    first = start("-m", "train.seed=0,1", *LONG, f"hydra.sweep.dir={sweep}")
+    first = start("-m", "train.seed=0,1", *LONG, "train.steps=100000", f"hydra.sweep.dir={sweep}")
     wait_for(lambda: any(sweep.glob("*/checkpoint.pt")), first, what="the first job's checkpoint")
     second = run_bnlab("train", f"resume={sweep}")
     assert_one_line(second, 2, f"in use by process {first.pid}")
