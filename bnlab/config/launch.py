@@ -55,8 +55,8 @@ def plan(args: list[str]) -> Launch:
     cfg = check_overrides(overrides)
     if multirun:
         given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
-        if given:
-            launch.sweep_dir = Path(given[-1].split("=", 1)[1])
+        if given and "${" not in given[-1]:
+            launch.sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))  # as Hydra reads it
         else:
             launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
             args.append(f"hydra.sweep.dir={launch.sweep_dir}")

@@ -41,7 +41,7 @@ def estimate(cfg) -> Estimate:
     per_block = (width if norm.name == "none" or norm.position == "after_act" else 0) + (
         2 * width if norm.name != "none" else 0)
     if model.name == "mlp":
-        fan_in, kernel, pixels = math.prod(shape), 1, [1] * depth
+        fan_in, kernel, pixels = math.prod(shape), 1, depth
     else:
         fan_in, kernel, pixels = shape[0], 9, _cnn_pixels(depth, shape[1], shape[2])
     parameters = (kernel * (fan_in * width + (depth - 1) * width * width) + depth * per_block
@@ -50,8 +50,9 @@ def estimate(cfg) -> Estimate:
     return Estimate(
         parameters=parameters,
         parameter_bytes=parameters * FLOAT_BYTES * (2 + slots),
-        activation_bytes=data.batch_size * width * sum(pixels) * FLOAT_BYTES * _saved_per_block(cfg),
-        data_bytes=round(samples / 0.8) * math.prod(shape) * FLOAT_BYTES,  # training and test splits
+        activation_bytes=data.batch_size * width * pixels * FLOAT_BYTES * _saved_per_block(cfg),
+        # the test split is at most a quarter of the training split's size (a fifth of the data)
+        data_bytes=samples * 5 // 4 * math.prod(shape) * FLOAT_BYTES,
     )
 
 
@@ -63,22 +64,26 @@ def _saved_per_block(cfg) -> int:
             + bool(cfg.model.residual))
 
 
-def _cnn_pixels(depth: int, height: int, width: int) -> list[int]:
-    """Pixels per channel at each block's output: nets._cnn halves the image after a third and two thirds of
-    the blocks while it is still 2 pixels or more."""
+def _cnn_pixels(depth: int, height: int, width: int) -> int:
+    """Pixels per channel summed over the blocks' outputs: nets._cnn halves the image after a third and two
+    thirds of the blocks while it is still 2 pixels or more. Arithmetic, not a loop: depth may be absurd."""
     pools = sorted({depth // 3 - 1, 2 * depth // 3 - 1} - {-1, depth - 1})
-    pixels, size = [], (height, width)
-    for block in range(depth):
-        pixels.append(size[0] * size[1])
-        if block in pools and size[0] >= 2:
-            size = (size[0] // 2, size[1] // 2)
-    return pixels
+    total, done = 0, 0
+    for last in [*pools, depth - 1]:  # blocks done..last share one resolution
+        total += (last + 1 - done) * height * width
+        done = last + 1
+        if last != depth - 1 and height >= 2:
+            height, width = height // 2, width // 2
+    return total
 
 
 def available_bytes(device: torch.device) -> tuple[int | None, str]:
     """(free memory on `device` in bytes or None where unknown, what was measured)."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+        except RuntimeError:  # a device torch cannot query: the run itself will tell
+            return None, ""
         return free, f"free on {torch.cuda.get_device_name(device)}"
     try:
         meminfo = Path("/proc/meminfo").read_text()

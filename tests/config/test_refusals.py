@@ -79,6 +79,7 @@ def test_every_float_key_refuses_nan_and_infinities(key, value):
     ("data.batch_size=1439", "data.batch_size=1439 is larger than the 1438 training samples of data=digits"),
     ("data=synthetic data.samples=100 data.batch_size=81", "use data.batch_size=80 or less"),
     ("model.depth=100000 model.width=100000", "reduce model.depth, model.width or data.batch_size"),
+    ("model=cnn model.depth=1000000000000", "model.depth=1000000000000 model.width=16"),
 ])
 def test_bad_values_are_refused_up_front(tmp_path, override, fragment):
     result = run_bnlab("train", *TINY, *override.split(), cwd=tmp_path, timeout=120)

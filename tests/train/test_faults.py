@@ -88,8 +88,8 @@ def test_a_failed_sweep_job_shows_its_reason_and_log_in_the_table(tmp_path):
     (failed,) = [path for path in sweep.iterdir() if path.is_dir() and read_summary(path)["status"] == "failed"]
     error = read_summary(failed)["error"]
     assert "\n" not in error and "train-images-idx3-ubyte.gz" in error
-    row = next(line for line in result.stdout.splitlines() if "failed" in line)
-    assert error in row and str(failed / "train.log") in row
+    (row,) = [line for line in result.stdout.splitlines() if "│" in line and "data=mnist" in line]
+    assert "failed" in row and error in row and str(failed / "train.log") in row
 
 
 def _children(pid: int) -> list[int]:
