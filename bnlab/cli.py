@@ -75,6 +75,8 @@ def train(ctx: typer.Context) -> None:
         from bnlab.console import print_run_result, print_sweep
 
         launch = plan(ctx.args)
+        if launch.note:
+            errors.print(f"[yellow]note:[/] {escape(launch.note)}", highlight=False, soft_wrap=True)
         results = run_hydra(launch)
         if launch.inspect_only:
             return 0

@@ -37,6 +37,7 @@ class Launch:
     run_dir: Path | None = None  # a single run's directory, fixed in advance
     locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
     errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
+    note: str | None = None  # what the user should know before it starts (a model that fills the memory)
 
 
 def plan(args: list[str]) -> Launch:
@@ -53,6 +54,10 @@ def plan(args: list[str]) -> Launch:
     if inspect_only:
         return launch
     cfg = check_overrides(overrides)
+    from bnlab.config.resources import check_fits
+    from bnlab.train.loop import resolve_device
+
+    launch.note = check_fits(cfg, resolve_device(cfg.train.device))
     if multirun:
         given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
         if given and "${" not in given[-1]:

@@ -18,12 +18,13 @@ from bnlab.errors import ConfigError
 from bnlab.formatting import byte_size
 
 FLOAT_BYTES = 4  # float32 parameters, activations and data
+LARGE_SHARE = 0.25  # a run that needs this share of the free memory or more is announced before it starts
 
 
 @dataclass(frozen=True)
 class Estimate:
     parameters: int
-    parameter_bytes: int  # weights, gradients and optimizer state
+    parameter_bytes: int  # weights, gradients, optimizer state, telemetry's copies of the weights
     activation_bytes: int  # what one training step keeps for backward
     data_bytes: int  # the data set, held whole on the device
 
@@ -46,10 +47,11 @@ def estimate(cfg) -> Estimate:
         fan_in, kernel, pixels = shape[0], 9, _cnn_pixels(depth, shape[1], shape[2])
     parameters = (kernel * (fan_in * width + (depth - 1) * width * width) + depth * per_block
                   + width * NUM_CLASSES + NUM_CLASSES)
-    slots = 2 if cfg.optim.name == "adam" else int(cfg.optim.momentum > 0)  # state tensors per parameter
+    slots = 2 if cfg.optim.name == "adam" else int(cfg.optim.momentum > 0)  # optimizer state per parameter
+    copies = 2 if cfg.log.enabled else 0  # telemetry's weights before and after a measured step
     return Estimate(
         parameters=parameters,
-        parameter_bytes=parameters * FLOAT_BYTES * (2 + slots),
+        parameter_bytes=parameters * FLOAT_BYTES * (2 + slots + copies),  # weights, gradients, the rest
         activation_bytes=data.batch_size * width * pixels * FLOAT_BYTES * _saved_per_block(cfg),
         # the test split is at most a quarter of the training split's size (a fifth of the data)
         data_bytes=samples * 5 // 4 * math.prod(shape) * FLOAT_BYTES,
@@ -58,9 +60,9 @@ def estimate(cfg) -> Estimate:
 
 def _saved_per_block(cfg) -> int:
     """Tensors of shape (batch, width[, H, W]) autograd keeps per hidden block for the backward pass: the
-    block's input and the activation's output, the norm's normalized values, GELU's input, a residual sum.
-    tests/config/test_resources.py measures them with torch.autograd.graph.saved_tensors_hooks."""
-    return (2 + (cfg.norm.name != "none") + (cfg.model.activation == "gelu")
+    block's output (also the next weight layer's input), the norm's input, GELU's input, a residual sum.
+    tests/config/test_resources.py holds this to what torch.autograd.graph.saved_tensors_hooks sees."""
+    return (1 + (cfg.norm.name != "none") + (cfg.model.activation == "gelu")
             + bool(cfg.model.residual))
 
 
@@ -107,16 +109,20 @@ def _cgroup_limit() -> int | None:
     return int(limit) - int(used) if limit.isdigit() and used.isdigit() else None
 
 
-def check_fits(cfg, device: torch.device) -> Estimate:
-    """The estimate for `cfg`; ConfigError when it clearly cannot fit the device's free memory."""
+def check_fits(cfg, device: torch.device) -> str | None:
+    """ConfigError when `cfg` clearly cannot fit the device's free memory; a note to show before a model that
+    takes a large share of it (it will be slow to build and to step), else None."""
     need = estimate(cfg)
     free, what = available_bytes(device)
-    if free is not None and need.total_bytes > free:
+    if free is None:
+        return None
+    sizes = (f"about {need.parameters:.3g} parameters, and training needs about {byte_size(need.total_bytes)} "
+             f"({byte_size(need.parameter_bytes)} for the weights, their gradients and copies, "
+             f"{byte_size(need.activation_bytes)} activations per step)")
+    if need.total_bytes > free:
         raise ConfigError(
             f"model.depth={cfg.model.depth} model.width={cfg.model.width} data.batch_size={cfg.data.batch_size}: "
-            f"about {need.parameters:.3g} parameters, and training needs about {byte_size(need.total_bytes)} "
-            f"({byte_size(need.parameter_bytes)} parameters with gradients and optimizer state, "
-            f"{byte_size(need.activation_bytes)} activations per step), but {byte_size(free)} is {what}; "
-            "reduce model.depth, model.width or data.batch_size")
-    return need
-
+            f"{sizes}, but {byte_size(free)} is {what}; reduce model.depth, model.width or data.batch_size")
+    if need.total_bytes > LARGE_SHARE * free:
+        return f"a large model: {sizes} of the {byte_size(free)} {what}; building it and its first steps take a while"
+    return None

@@ -7,7 +7,6 @@ leaves either the previous complete checkpoint or the new one, never half a file
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -21,10 +20,18 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save(path: Path, state: dict) -> None:
-    # serialized in memory first: a full disk then fails as an OSError of the write, not inside torch's zip writer
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomically(Path(path), buffer.getbuffer(), "checkpoint")
+    write_atomically(Path(path), lambda handle: torch.save(state, handle), "checkpoint", size=_nbytes(state))
+
+
+def _nbytes(value) -> int:
+    """The bytes of every tensor in a (nested) checkpoint state: about its size on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(item) for item in value)
+    return 0
 
 
 def load(path: Path) -> dict:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from bnlab.errors import BnlabError, RunFileError
 from bnlab.formatting import byte_size
@@ -19,19 +21,47 @@ TEMPORARY_GLOB = ".*.tmp"
 SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # full disk, full quota, file-size limit
 
 
-def write_atomically(path: Path, data: bytes | memoryview, what: str) -> None:
-    """Write `data` to `path` through a temporary file; RunFileError (file, reason, space) on failure."""
+def write_atomically(path: Path, content: bytes | Callable[[BinaryIO], None], what: str,
+                     size: int | None = None) -> None:
+    """Write `content` (bytes, or a function that writes to a file) to `path` through a temporary file;
+    RunFileError naming the file, the reason and, for a full disk, the space needed (`size`) and left."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    target = None
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            target = _KeepsWriteErrors(handle)
+            if callable(content):
+                content(target)
+            else:
+                target.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except Exception as error:
         tmp.unlink(missing_ok=True)
-        raise write_error(path, error, what, len(data)) from error
+        cause = target.error if target is not None and target.error is not None else error
+        if not isinstance(cause, OSError):
+            raise
+        raise write_error(path, cause, what, len(content) if isinstance(content, bytes) else size) from error
+
+
+class _KeepsWriteErrors:
+    """A file that remembers why a write failed: torch's zip writer turns a full disk into an
+    'unexpected pos' RuntimeError, and the errno is what tells the user what to do."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def overwrite_in_place(path: Path, data: bytes) -> bool:
@@ -61,7 +91,7 @@ def write_error(path: Path, error: OSError, what: str, size: int | None = None) 
         free = f"{byte_size(shutil.disk_usage(path.parent).free)} free"
     except OSError:
         free = "free space unknown"
-    needed = f"needs {byte_size(size)}, " if size is not None else ""
+    needed = f"needs about {byte_size(size)}, " if size is not None else ""
     return RunFileError(f"cannot write the {what} {path}: {reason} ({needed}{free} on its file system); "
                         f"free some space, then continue with resume={path.parent}")
 

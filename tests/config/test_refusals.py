@@ -5,12 +5,9 @@ data set, ports that do not exist, and models too large for this machine."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 
 import pytest
-import torch
-import torch.nn.functional as F
 from conftest import TINY, compose, run_bnlab
 
 from bnlab.config.schema import Config
@@ -95,54 +92,6 @@ def test_a_model_too_large_for_this_machine_names_its_size_and_the_memory_left(t
     line = _refused(run_bnlab("train", "model.depth=100000", "model.width=100000", cwd=tmp_path, timeout=120),
                     "model.depth=100000", "model.width=100000", "parameters", "TB", "available")
     assert "1e+15 parameters" in line  # 100000 layers of 100000 x 100000 weights
-
-
-@pytest.mark.parametrize("name,kwargs", [("digits", {}), ("mnist1d", {}),
-                                         ("synthetic", {"synthetic_dim": 12, "synthetic_samples": 333})])
-def test_data_shape_is_what_the_loader_returns(name, kwargs):
-    from bnlab.data.datasets import data_shape, load_dataset
-
-    data = load_dataset(name, **kwargs)
-    assert data_shape(name, **kwargs) == (len(data.x_train), data.input_shape)
-
-
-def _saved_bytes(model, x) -> int:
-    """The bytes autograd keeps for backward in one training forward: the oracle for the activation estimate."""
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long))
-    return sum(storages.values())
-
-
-@pytest.mark.parametrize("overrides", [
-    ("model.depth=10", "model.width=64"),
-    ("model.depth=10", "model.width=64", "norm=none"),
-    ("model.depth=7", "model.width=32", "norm=torch", "model.activation=gelu", "optim=adam"),
-    ("model.depth=6", "model.width=64", "model.residual=true", "norm.position=after_act", "optim.momentum=0.9"),
-    ("model=cnn", "model.depth=6", "model.width=16"),
-    ("model=cnn", "model.depth=9", "model.width=8", "norm=none"),
-    ("data=mnist1d", "model.depth=4", "model.width=32"),
-])
-def test_the_memory_estimate_matches_the_model_torch_builds(overrides):
-    from bnlab.config.resources import estimate
-    from bnlab.data.datasets import data_shape
-    from bnlab.models.nets import build_model
-
-    cfg = compose(*overrides)
-    _, shape = data_shape(cfg.data.name)
-    input_shape = (math.prod(shape),) if cfg.model.name == "mlp" else shape
-    model = build_model(cfg.model, cfg.norm, input_shape, 10)
-    need = estimate(cfg)
-    assert need.parameters == sum(p.numel() for p in model.parameters())  # exact
-    optimizer_slots = {"adam": 2}.get(cfg.optim.name, int(cfg.optim.momentum > 0))
-    assert need.parameter_bytes == need.parameters * 4 * (2 + optimizer_slots)
-    measured = _saved_bytes(model, torch.randn(cfg.data.batch_size, *input_shape))
-    assert 0.7 * measured <= need.activation_bytes <= 1.6 * measured, (need.activation_bytes, measured)
 
 
 def test_a_port_that_does_not_exist_is_refused(tmp_path):
