@@ -242,7 +242,8 @@ def _check_interpolations(cfg) -> None:
             raw = OmegaConf.to_container(cfg, resolve=False)
             for part in str(key).split("."):
                 raw = raw.get(part, "?") if isinstance(raw, dict) else "?"
-            message = _first_line(error).removeprefix("While dereferencing interpolation ")
+            # OmegaConf's "While dereferencing interpolation '${...}': " repeats the value named below
+            message = re.sub(r"^While dereferencing interpolation '.*?': ", "", _first_line(error))
             raise ConfigError(f"{key}={raw} cannot be resolved: {message}; write a plain value, or an "
                               "interpolation of an existing key (e.g. ${model.width})") from None
 

@@ -161,8 +161,8 @@ def _finite(cfg: Any, schema: type | None = None, prefix: str = "") -> None:
             _finite(cfg[name], hint, f"{prefix}{name}.")
         elif isinstance(cfg[name], float) and not math.isfinite(cfg[name]):
             default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
-            raise ConfigError(f"{prefix}{name}={cfg[name]} is not a finite number; expected a finite value "
-                              f"(the default is {default})")
+            raise ConfigError(f"{prefix}{name}={cfg[name]} is not a finite number; expected a finite value"
+                              + (f" (the default is {default})" if default is not None else " or null"))
 
 
 def validate(cfg: Any) -> None:

@@ -1,8 +1,11 @@
 """summary.json: a run's status, steps, seed and last metrics, readable by people and reports.
 
-Written atomically (temporary file, then rename) so a reader never sees half a file.
-A fresh run claims its directory by creating summary.json exclusively: two jobs
-that were handed the same directory can never both train into it.
+Written atomically (temporary file, then rename) so a reader never sees half a file; on a full
+disk, rewritten in place where it fits, so a run can still record why it failed. While a run
+trains, it says how far the run got at its last checkpoint (what a kill -9 leaves). A fresh run
+claims its directory by creating summary.json exclusively: two jobs that were handed the same
+directory can never both train into it. `read` checks the fields readers rely on, so one odd
+file is reported as damaged instead of breaking a listing or a report.
 """
 
 from __future__ import annotations
