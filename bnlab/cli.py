@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="bnlab",
@@ -54,7 +55,8 @@ def _guarded(action: Callable[[], int | None]) -> None:
     try:
         code = action() or 0
     except BnlabError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # a message may quote paths and "[Errno 28]": text, never markup
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         code = error.exit_code
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]")
@@ -198,18 +200,19 @@ def tb(
     """Start TensorBoard on ROOT (default: runs/) and wait; Ctrl-C stops it."""
 
     def action() -> int:
-        from bnlab.analysis.tensorboard import start_tensorboard, stop
+        from bnlab.analysis.tensorboard import start_tensorboard, stop, stop_on_termination
         from bnlab.errors import BnlabError
 
-        server = start_tensorboard(root, port=port, host=host)
-        try:  # from here on, Ctrl-C is the normal way out
-            console.print(f"TensorBoard on {root}: [bold]{server.url}[/]  (Ctrl-C stops it)", highlight=False,
-                          soft_wrap=True)  # never break the URL
-            code = server.process.wait()
-        except KeyboardInterrupt:
-            stop(server)
-            console.print("TensorBoard stopped")
-            return 0
+        with stop_on_termination():  # SIGTERM and SIGHUP stop TensorBoard as Ctrl-C does
+            server = start_tensorboard(root, port=port, host=host)
+            try:  # from here on, Ctrl-C is the normal way out
+                console.print(f"TensorBoard on {root}: [bold]{server.url}[/]  (Ctrl-C stops it)", highlight=False,
+                              soft_wrap=True)  # never break the URL
+                code = server.process.wait()
+            except KeyboardInterrupt:
+                stop(server)
+                console.print("TensorBoard stopped")
+                return 0
         output = server.output()
         stop(server)
         raise BnlabError(f"TensorBoard exited on its own (exit code {code}); it said:\n"

@@ -29,6 +29,8 @@ def one_line(summary: dict) -> str:
     metrics, figures = summary.get("metrics", {}), summary.get("figures", {})
     parts = [f"{summary['status']} after {summary['steps']}/{summary.get('total_steps', '?')} steps",
              f"loss {number(metrics.get('loss/train'))}", f"test acc {number(metrics.get('acc/test'), '.3f')}"]
+    if summary.get("skipped_steps"):
+        parts.append(f"{summary['skipped_steps']} steps skipped (loss or gradient not finite)")
     if figures:
         parts.append("grad ratio first/last hidden "
                      f"{number(figures.get('grad_ratio_first_last/init'), '.2e')} at init, "
@@ -42,6 +44,8 @@ def train(console: Console, errors: Console, launch) -> int:
     from bnlab.config.launch import run_hydra
     from bnlab.train.progress import SweepProgress
 
+    if launch.note:
+        errors.print(f"[yellow]note:[/] {escape(launch.note)}", highlight=False, soft_wrap=True)
     sweep = SweepProgress(launch.jobs, console) if launch.multirun and not launch.inspect_only else None
     try:
         results = run_hydra(launch, sweep)
@@ -56,7 +60,10 @@ def train(console: Console, errors: Console, launch) -> int:
     if launch.inspect_only:
         return 0
     if launch.multirun:
-        return print_sweep(console, launch.sweep_dir)
+        code = print_sweep(console, launch.sweep_dir)
+        for error in launch.errors:  # jobs that could not run at all, e.g. a resume that failed to load
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return code or int(bool(launch.errors))
     return print_run_result(console, errors, results[-1]) if results else 1
 
 
@@ -70,9 +77,13 @@ def print_run_result(console: Console, errors: Console, result) -> int:
     if record["status"] == "diverged":
         errors.print(f"[yellow]warning:[/] the loss or a gradient became NaN/Inf at step {record['diverged_at']}; "
                      "the run stopped there (status diverged, telemetry kept)", highlight=False)
+    elif record.get("skipped_steps"):
+        errors.print(f"[yellow]warning:[/] {record['skipped_steps']} of {record['steps']} steps were skipped: "
+                     f"the loss or a gradient was NaN/Inf (first at step {record['diverged_at']}; "
+                     "train.on_divergence=continue)", highlight=False, soft_wrap=True)
     if record["status"] == "failed":
         errors.print(f"[bold red]error:[/] run failed: {escape(str(record['error']))} (traceback in "
-                     f"{Path(result.run_dir) / 'train.log'})", highlight=False, soft_wrap=True)
+                     f"{escape(str(Path(result.run_dir) / 'train.log'))})", highlight=False, soft_wrap=True)
     if record["status"] == "interrupted":
         return print_interrupted(console, errors, result.run_dir, [result])
     console.print(f"look at it: [bold]bnlab tb {escape(str(result.run_dir))}[/]", highlight=False, soft_wrap=True)
@@ -120,8 +131,8 @@ def print_listing(console: Console, runs: list, label) -> None:
     console.print(_columns([header for header, _, _ in COLUMNS]), style="bold", highlight=False)
     for index, run in enumerate(runs, start=1):
         metrics, figures = run.summary.get("metrics") or {}, run.summary.get("figures") or {}
-        # A running run's summary.json still holds its start: how far it got is in its event files.
-        done = "?" if run.status == "running" else run.summary.get("steps", "-")
+        # A running run's summary.json says how far it got at its last checkpoint (also after a kill -9).
+        done = run.summary.get("steps", "-")
         steps = f"{done}/{run.summary.get('total_steps', '-')}" if run.summary else "-"
         ratio = (f"{number(figures.get('grad_ratio_first_last/init'), '.1e')} → "
                  f"{number(figures.get('grad_ratio_first_last/final'), '.1e')}") if figures else "-"
@@ -132,6 +143,8 @@ def print_listing(console: Console, runs: list, label) -> None:
         what = f"damaged: {run.error}" if run.error is not None else (label(run) or "(defaults)")
         console.print(Padding(Text(what), (0, 0, 0, 4)))
         console.print(f"    [dim]{escape(_shown_path(run.path))}[/]", highlight=False, soft_wrap=True)
+        if run.status == "failed":  # why, and where the traceback is
+            console.print(f"    [red]why:[/] {_why(run)}", highlight=False, soft_wrap=True)
 
 
 def _columns(cells: list[str]) -> str:
@@ -265,6 +278,12 @@ def print_experiments(console: Console) -> None:
              f"~{experiment.minutes:g} min", f"~{experiment.quick_seconds:g} s"] for experiment in EXPERIMENTS.values()]
     print_table(console, ["name", "paper", "claim", "full size, 2-core CPU", "--quick"], rows,
                 title="bnlab reproduce NAME [--quick] [OVERRIDES...]", show_lines=True)
+
+
+def _why(run) -> str:
+    """A failed job's reason (the first line of its error) and where its log with the traceback is."""
+    reason = run.error or (run.summary.get("error") or "no reason recorded").splitlines()[0]
+    return escape(f"{reason} ({run.path / 'train.log'})")
 
 
 def print_bench(console: Console, rows, machine: str) -> None:

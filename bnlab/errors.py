@@ -25,3 +25,9 @@ class DataError(BnlabError):
 
 class RunFileError(BnlabError):
     """A run file (checkpoint, event file, summary.json) that is missing or damaged."""
+
+
+class RunInUseError(BnlabError):
+    """A run or sweep directory that another process holds (it is training there right now)."""
+
+    exit_code = 2

@@ -43,3 +43,11 @@ def duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
 
+
+def byte_size(count: float) -> str:
+    """A size in bytes as people read it: '512 B', '3.1 MB', '26.2 GB' (powers of 1000, as `df -H`)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:.3g} {unit}" if unit != "B" else f"{count:.0f} B"
+        count /= 1000
+    return f"{count:.3g} TB"

@@ -165,9 +165,11 @@ def load_run(path, images: bool = False) -> RunData:
             raise RunFileError(f"cannot read event file {file}: {error.strerror or error}") from error
         if problem is None:
             continue
-        if record["status"] == "running" and "truncated" in problem and file == files[-1]:
-            run.warnings.append(f"{file}: the last record is incomplete (the run is still writing); "
-                                "read up to it")
+        if "truncated" in problem and (file != files[-1] or record["status"] in ("running", "failed")):
+            # a process that was killed or ran out of disk mid-record; a resume went on in a newer file
+            why = "the run is still writing" if file == files[-1] and record["status"] == "running" else (
+                "its process stopped while writing it")
+            run.warnings.append(f"{file}: the last record is incomplete ({why}); read up to it")
         else:
             raise RunFileError(f"event file {file} is damaged ({problem}); its later records are lost. "
                                "If it was copied from elsewhere, copy it again; otherwise rerun the run")

@@ -9,8 +9,11 @@ to a log file rather than a pipe, so a long-lived server can never block on it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnlab.errors import BnlabError, RunFileError
+from bnlab.errors import BnlabError, ConfigError, RunFileError
 
 DEFAULT_PORT = 6006
 DEFAULT_HOST = "127.0.0.1"
@@ -79,6 +82,8 @@ def start_tensorboard(root, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
                       timeout: float = START_TIMEOUT_S) -> Server:
     """Start TensorBoard on `root` and wait until it answers; port 0 picks a free port."""
     root = Path(root)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port; expected 1..65535 (0 picks a free one)")
     if not root.is_dir():
         raise RunFileError(f"{root} is not a directory; pass a runs folder, a run or a sweep directory "
                            "(default: runs)")
@@ -90,7 +95,8 @@ def start_tensorboard(root, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
     executable = find_tensorboard()
     command = [executable, "--logdir", str(root), "--port", str(port), "--host", host]
     with tempfile.NamedTemporaryFile(prefix="bnlab-tensorboard-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = Server(process, f"http://{host}:{port}/", Path(log.name))
     try:
         _wait_until_serving(server, timeout)
@@ -98,6 +104,27 @@ def start_tensorboard(root, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST,
         stop(server)
         raise
     return server
+
+
+@contextlib.contextmanager
+def stop_on_termination():
+    """SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, as Ctrl-C does, so that the code waiting
+    on TensorBoard stops it instead of leaving it serving, re-parented to PID 1."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGTERM when bnlab dies, a kill -9 included (Linux)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop(server: Server, timeout: float = 10) -> int | None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import secrets
+import threading
+import traceback
 from pathlib import Path
 
 import hydra
@@ -60,12 +63,37 @@ def main(cfg) -> str:
     else:
         progress = RichProgress(f"job {hydra_cfg.job.num}") if in_process else None
     images = ImageLog(cfg) if cfg.log.enabled and cfg.log.images else None
+    quiet_file_errors()
     try:
         result = train(cfg, run_dir, overrides, progress=progress, images=images)
     except BnlabError as error:  # e.g. the directory belongs to another run: nothing was started
         RESULTS.append(error)
         return "failed"
+    except Exception as error:  # a fault outside the run's own handling: still one line, the traceback logged
+        logging.getLogger(__name__).error("job failed\n%s", traceback.format_exc())
+        text = str(error).strip().splitlines()
+        RESULTS.append(BnlabError(f"{type(error).__name__}: {text[0] if text else ''} (traceback in "
+                                  f"{run_dir / 'train.log'})"))
+        return "failed"
     RESULTS.append(result)
     if result.status == "interrupted":
         raise KeyboardInterrupt  # the user asked to stop: end the whole sweep, not just this job
     return result.status
+
+
+def quiet_file_errors() -> None:
+    """Report a full disk once, as the run's error, not as tracebacks from every writer that notices it.
+
+    The log file's handler would print "--- Logging error ---" and a traceback per record, and
+    TensorBoard's writer thread its own traceback; the training thread receives the same error from
+    the writer at its next call and records the run as failed with one line that names the file.
+    """
+    logging.raiseExceptions = False
+    if threading.excepthook is not _quiet_writer_thread:
+        _quiet_writer_thread.default = threading.excepthook
+        threading.excepthook = _quiet_writer_thread
+
+
+def _quiet_writer_thread(args) -> None:
+    if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_writer_thread.default(args)

@@ -8,16 +8,19 @@ overrides recorded in DIR, so the resumed run recomposes exactly the same config
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from bnlab.config.parallel import default_launcher
 from bnlab.errors import BnlabError, ConfigError
+from bnlab.train import lock
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Flags that make Hydra print something instead of running: pass them straight through.
@@ -35,10 +38,14 @@ class Launch:
     jobs: int = 1  # how many runs it starts (a sweep: the product of its axes' lengths)
     run_dir: Path | None = None  # a single run's directory, fixed in advance as a sweep's is
     axes: tuple[str, ...] = ()  # the keys a sweep varies
+    locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
+    errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
+    note: str | None = None  # what the user should know before it starts (a model that fills the memory)
 
 
 def plan(args: list[str]) -> Launch:
-    """Expand resume, validate every sweep point, and fix the run or sweep directory in advance."""
+    """Expand resume, validate every sweep point, then fix, check and lock the run or sweep directory before
+    Hydra writes anything there."""
     args = list(args)
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
@@ -47,23 +54,70 @@ def plan(args: list[str]) -> Launch:
         args, overrides, flags = _resume_args(resume[-1].split("=", 1)[1], overrides, flags)
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     inspect_only = any(flag.split("=")[0] in INSPECT_FLAGS for flag in flags)
-    sweep_dir, run_dir, jobs, axes = None, None, 1, ()
-    if not inspect_only:
-        jobs, axes, cfg = _check(overrides)
-        if not multirun:
-            given = [o for o in overrides if o.startswith("hydra.run.dir=")]
-            run_dir = Path(_parse(given[-1:])[0].value() if given else _run_dir(cfg))
-            if not given:
-                args.append(f"hydra.run.dir={quoted(run_dir)}")
+    if inspect_only:
+        return Launch(args, multirun, None, inspect_only)
+    jobs, axes, cfg = _check(overrides, thorough=True)
+    from bnlab.config.resources import check_fits
+    from bnlab.train.loop import resolve_device
+
+    launch = Launch(args, multirun, None, inspect_only, jobs if multirun else 1, None, axes)
+    launch.note = check_fits(cfg, resolve_device(cfg.train.device))
+    if multirun:
+        given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
+        if given and "${" not in given[-1]:
+            launch.sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))  # as Hydra reads it
         else:
-            given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
-            if given:
-                sweep_dir = Path(_parse(given[-1:])[0].value())
-            else:
-                sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
-                args.append(f"hydra.sweep.dir={sweep_dir}")
-            args += default_launcher(overrides)  # every core, unless a launcher was chosen
-    return Launch(args, multirun, sweep_dir, inspect_only, jobs if multirun else 1, run_dir, axes)
+            launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+            args.append(f"hydra.sweep.dir={launch.sweep_dir}")
+        args += default_launcher(overrides)  # every core, unless a launcher was chosen
+        _take(launch, launch.sweep_dir, bool(resume), "sweep")
+        return launch
+    # Resolve the directory now and hand Hydra the result, so the directory checked is the one used.
+    try:
+        launch.run_dir = Path(_run_dir(cfg))
+    except Exception:  # a pattern that needs Hydra's runtime: Hydra makes it, and train() still claims it
+        return launch
+    given = [o for o in overrides if o.startswith("hydra.run.dir=")]
+    if not given or "${" in given[-1]:
+        args.append(f"hydra.run.dir={quoted(launch.run_dir)}")
+    _take(launch, launch.run_dir, bool(resume), "run")
+    return launch
+
+
+def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
+    """Refuse a directory that holds another run (unless resuming it), create it, and lock it."""
+    key = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
+    if not resuming:
+        _refuse_if_taken(directory, what, key)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if lock.hold(directory):
+            launch.locked.append(directory)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        where = f" ({error.filename})" if error.filename and Path(error.filename) != directory else ""
+        raise ConfigError(f"cannot write the {what} directory {directory}: {reason}{where}; choose a writable "
+                          f"place with {key}=DIR") from error
+    if not resuming:  # another process may have started a run there between the check and the lock
+        try:
+            _refuse_if_taken(directory, what, key)
+        except ConfigError:
+            if launch.locked and launch.locked[-1] == directory:
+                lock.release(launch.locked.pop())
+            raise
+
+
+def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
+    if what == "sweep":
+        found = [directory / "multirun.yaml"] + sorted(directory.glob("*/summary.json"))[:1]
+    else:
+        found = [directory / "summary.json", directory / ".hydra"]
+    taken = next((path for path in found if path.exists()), None)
+    if taken is not None:
+        raise ConfigError(
+            f"{what} directory {directory} already holds a {what} ({taken} exists); bnlab never writes a new "
+            f"{what} over another: choose another {key}, or continue that {what} with resume={directory}")
+
 
 
 def run_hydra(launch: Launch, progress=None) -> list:
@@ -83,9 +137,13 @@ def run_hydra(launch: Launch, progress=None) -> list:
     finally:
         sys.argv = saved
         train_app.SWEEP_PROGRESS = None
+        for directory in launch.locked:
+            lock.release(directory)
+        launch.locked.clear()
     errors = [r for r in train_app.RESULTS if isinstance(r, BnlabError)]
     if errors and not launch.multirun:
         raise errors[0]
+    launch.errors = errors
     return [r for r in train_app.RESULTS if not isinstance(r, BnlabError)]
 
 
@@ -94,7 +152,7 @@ def check_overrides(overrides: list[str]) -> int:
     return _check(overrides)[0]
 
 
-def _check(overrides: list[str]):
+def _check(overrides: list[str], thorough: bool = False):
     """(the number of jobs, the keys swept, the first job's config with its `hydra` node), after checking every
     sweep point.
 
@@ -112,7 +170,7 @@ def _check(overrides: list[str]):
             axes.append((len(base) - 1, override.get_key_element(), values[1:]))
         else:
             base.append(text)
-    cfg = compose_config(base, return_hydra_config=True)
+    cfg = compose_config(base, return_hydra_config=True, thorough=thorough)
     given = {override.get_key_element() for override in parsed}
     for key, override in _sweeper_params(cfg).items():
         if key not in given:
@@ -122,15 +180,13 @@ def _check(overrides: list[str]):
     jobs = 1
     for index, key, values in axes:
         for value in values:
-            compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:])
+            compose_config(base[:index] + [f"{key}={value}"] + base[index + 1:], thorough=thorough)
         jobs *= len(values) + (index < len(base))  # a command-line axis's first value is in `base`
     return jobs, tuple(key for _, key, _ in axes), cfg
 
 
 def _run_dir(cfg) -> str:
     """The directory Hydra would make for this single run (configs/train.yaml: hydra.run.dir), resolved now."""
-    from omegaconf import OmegaConf
-
     return str(OmegaConf.select(cfg, "hydra.run.dir"))
 
 
@@ -145,8 +201,6 @@ def _parse(overrides: list[str]) -> list:
 
 def _sweeper_params(cfg) -> dict:
     """{key: parsed override} of the sweep axes the composed config defines in hydra.sweeper.params."""
-    from omegaconf import OmegaConf
-
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
     if not params:
         return {}
@@ -154,10 +208,12 @@ def _sweeper_params(cfg) -> dict:
     return {override.get_key_element(): override for override in _parse(texts)}
 
 
-def compose_config(overrides: list[str], return_hydra_config: bool = False):
+def compose_config(overrides: list[str], return_hydra_config: bool = False, thorough: bool = False):
     """The validated config for `overrides` (ConfigError with a clear message if anything is off).
 
     With `return_hydra_config`, the config keeps its `hydra` node (sweeper, launcher, directories).
+    `thorough` (before training) adds the checks that need torch: the device, the batch against the data set,
+    the model against the memory. Without it (`bnlab show-config`) torch is never imported.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -176,15 +232,42 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False):
         raise explain_compose_error(error, overrides, CONFIG_DIR) from error
     finally:
         GlobalHydra.instance().clear()
+    _check_interpolations(cfg)
     validate(cfg)
     from bnlab.data.downloads import check_available
 
-    if cfg.train.device == "cuda":  # the one device to check, and the check that needs torch (1-2 s to import)
+    check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+    if thorough:  # the checks that import torch (1-2 s)
+        from bnlab.config.resources import check_fits
+        from bnlab.data.datasets import check_batch_size
         from bnlab.train.loop import resolve_device
 
-        resolve_device(cfg.train.device)
-    check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+        check_batch_size(cfg.data.name, cfg.data.batch_size, synthetic_samples=cfg.data.samples)
+        check_fits(cfg, resolve_device(cfg.train.device))
     return cfg
+
+
+def _check_interpolations(cfg) -> None:
+    """Resolve every `${...}` of the run's config now: a bad one is a ConfigError naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for section in cfg:
+        if section == "hydra":  # Hydra's own node resolves at run time (${hydra:...}, ${now:...})
+            continue
+        try:
+            node = cfg[section]  # a leaf (resume) resolves on access
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or section
+            raw = OmegaConf.to_container(cfg, resolve=False)
+            for part in str(key).split("."):
+                raw = raw.get(part, "?") if isinstance(raw, dict) else "?"
+            # OmegaConf's "While dereferencing interpolation '${...}': " repeats the value named below
+            message = re.sub(r"^While dereferencing interpolation '.*?': ", "", _first_line(error))
+            raise ConfigError(f"{key}={raw} cannot be resolved: {message}; write a plain value, or an "
+                              "interpolation of an existing key (e.g. ${model.width})") from None
+
 
 
 def _resume_args(target: str, overrides: list[str], flags: list[str]):

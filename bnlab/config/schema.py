@@ -8,8 +8,10 @@ fit together) and names the key, the value, what is allowed and a close match.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,8 +161,39 @@ def _positive(key: str, value: Any, minimum: float = 1, *, strict: bool = False)
         raise ConfigError(f"{key}={value} is out of range; expected a value {bound}")
 
 
+def _known_keys(cfg: Any, schema: type | None = None, prefix: str = "") -> None:
+    """Every key is one of the schema's: a key added with `+` (`+model.dept=30`) is a typo, not a new knob."""
+    schema = schema or Config
+    hints = typing.get_type_hints(schema)
+    for key in cfg:
+        if not prefix and key == "hydra":
+            continue
+        if key not in hints:
+            where = prefix.rstrip(".") or "the config"
+            valid = sorted(hints)
+            match = close_match(key, valid).replace("'", "'" + prefix, 1)
+            raise ConfigError(f"unknown key {prefix + key!r}: {where} has no {key!r}{match}; "
+                              f"valid keys: {', '.join(prefix + name for name in valid)}")
+        if dataclasses.is_dataclass(hints[key]):
+            _known_keys(cfg[key], hints[key], f"{prefix}{key}.")
+
+
+def _finite(cfg: Any, schema: type | None = None, prefix: str = "") -> None:
+    """Every float is finite: NaN passes any `value < minimum` test, and inf is no learning rate."""
+    schema = schema or Config
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            _finite(cfg[name], hint, f"{prefix}{name}.")
+        elif isinstance(cfg[name], float) and not math.isfinite(cfg[name]):
+            default = next(f.default for f in dataclasses.fields(schema) if f.name == name)
+            raise ConfigError(f"{prefix}{name}={cfg[name]} is not a finite number; expected a finite value"
+                              + (f" (the default is {default})" if default is not None else " or null"))
+
+
 def validate(cfg: Any) -> None:
     """Check every value a type cannot check. Raises ConfigError naming the key."""
+    _known_keys(cfg)
+    _finite(cfg)
     model, norm, data, optim, train, log = cfg.model, cfg.norm, cfg.data, cfg.optim, cfg.train, cfg.log
     _choice("model.name", model.name, MODELS)
     _choice("model.activation", model.activation, ACTIVATIONS)
@@ -200,6 +233,8 @@ def validate(cfg: Any) -> None:
     if optim.grad_clip is not None:
         _positive("optim.grad_clip", optim.grad_clip, 0, strict=True)
     _positive("train.steps", train.steps)
+    if not 0 <= train.seed < 2**32:  # what numpy's and torch's generators accept
+        raise ConfigError(f"train.seed={train.seed} is out of range; expected 0 <= train.seed < 2**32")
     _positive("train.eval_every", train.eval_every)
     _positive("train.checkpoint_every", train.checkpoint_every)
     _positive("train.threads", train.threads, 0)

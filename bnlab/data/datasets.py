@@ -245,6 +245,36 @@ def load_dataset(
     return Dataset(name, x_train, y_train, x_test, y_test, NUM_CLASSES, tuple(x_train.shape[1:]))
 
 
+# What each data set holds, known without loading it, so a batch size or a model's memory is checked before
+# any work: (samples in its full set, or training samples of an official split, input shape). Sizes of the
+# sets split here (digits, mnist1d, synthetic) count both splits; tests compare this with the loaders.
+_OFFICIAL_SPLIT = ("mnist", "fashion_mnist", "cifar10")
+
+
+def data_shape(name: str, *, synthetic_dim: int = 64, synthetic_samples: int = 4096,
+               test_fraction: float = 0.2) -> tuple[int, tuple[int, ...]]:
+    """(training samples, input shape) of data set `name` as load_dataset will return it (unflattened)."""
+    samples, shape = {
+        "digits": (1797, (1, 8, 8)),
+        "mnist1d": (10 * MNIST1D_SAMPLES_PER_CLASS, (MNIST1D_LENGTH,)),
+        "synthetic": (synthetic_samples, (synthetic_dim,)),
+        "mnist": (60000, (1, 28, 28)),
+        "fashion_mnist": (60000, (1, 28, 28)),
+        "cifar10": (50000, (3, 32, 32)),
+    }[name]
+    if name not in _OFFICIAL_SPLIT:
+        samples -= round(samples * test_fraction)
+    return samples, shape
+
+
+def check_batch_size(name: str, batch_size: int, *, synthetic_samples: int = 4096) -> None:
+    """ConfigError now, before any work, if a batch is larger than the training set."""
+    samples, _ = data_shape(name, synthetic_samples=synthetic_samples)
+    if batch_size > samples:
+        raise ConfigError(f"data.batch_size={batch_size} is larger than the {samples} training samples of "
+                          f"data={name}; use data.batch_size={samples} or less")
+
+
 class BatchSampler:
     """Random batches of indices, an independent shuffle per epoch; the last incomplete batch is dropped.
 

@@ -7,7 +7,7 @@ breaks any user script without a `__main__` guard. The child has no torch and it
 GIL, and runs at the lowest priority (nice 19), so drawing never stalls the training loop:
 with two children at normal priority the training thread of a default run lost 0.47-0.67 s
 to them (its wall minus CPU time over plain steps), niced 0.02 s. When the parent dies, the
-child sees end-of-file and exits.
+child sees end-of-file (or a broken pipe) and exits quietly.
 """
 
 from __future__ import annotations
@@ -83,8 +83,11 @@ def _serve() -> None:
             args = pickle.load(stdin)
         except EOFError:
             return
-        pickle.dump(draw(*args), stdout)
-        stdout.flush()
+        try:
+            pickle.dump(draw(*args), stdout)
+            stdout.flush()
+        except BrokenPipeError:  # the parent ended (e.g. its run failed) while this drawing was due
+            os._exit(0)  # at once: flushing stdout again at exit would only print the same error
 
 
 if __name__ == "__main__":

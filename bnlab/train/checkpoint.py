@@ -1,13 +1,12 @@
 """Atomic checkpoints and the random-number state that makes a resume exact.
 
 A checkpoint is written to a temporary file in the same directory, flushed to
-disk, then renamed over the old one: a kill at any moment leaves either the
-previous complete checkpoint or the new one, never half a file.
+disk, then renamed over the old one (`bnlab.train.files`): a kill at any moment
+leaves either the previous complete checkpoint or the new one, never half a file.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -15,18 +14,24 @@ import numpy as np
 import torch
 
 from bnlab.errors import RunFileError
+from bnlab.train.files import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save(path: Path, state: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(Path(path), lambda handle: torch.save(state, handle), "checkpoint", size=_nbytes(state))
+
+
+def _nbytes(value) -> int:
+    """The bytes of every tensor in a (nested) checkpoint state: about its size on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(item) for item in value)
+    return 0
 
 
 def load(path: Path) -> dict:

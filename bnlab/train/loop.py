@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bnlab.data.datasets import BatchSampler, load_dataset
-from bnlab.errors import ConfigError
+from bnlab.errors import ConfigError, RunFileError
 from bnlab.models.nets import build_model
 from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
 from bnlab.telemetry.writer import RunWriter
-from bnlab.train import checkpoint, distributed, summary
+from bnlab.train import checkpoint, distributed, files, lock, summary
 from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
 
@@ -122,8 +122,26 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None, images=None) -> RunResult:
-    """Train the run `cfg` describes in `run_dir`, continuing its checkpoint if `cfg.resume` is set."""
-    run_dir, progress = Path(run_dir), progress or NullProgress()
+    """Train the run `cfg` describes in `run_dir`, continuing its checkpoint if `cfg.resume` is set.
+
+    Holds the directory's lock while it trains (`bnlab train` takes it before Hydra starts; a sweep job
+    here). Raises RunFileError, leaving the run exactly as it was, when a resume fails before its first step.
+    """
+    run_dir = Path(run_dir)
+    try:
+        took_lock = lock.hold(run_dir)
+    except OSError as error:
+        raise files.write_error(run_dir / lock.LOCK_NAME, error, "lock file") from error
+    try:
+        # from here on Ctrl-C or SIGTERM, during the set-up too, ends the run `interrupted` with its summary
+        with stop_on_signals() as stop:
+            return _train(cfg, run_dir, overrides, progress or NullProgress(), images, stop)
+    finally:
+        if took_lock:
+            lock.release(run_dir)
+
+
+def _train(cfg, run_dir: Path, overrides, progress, images, stop) -> RunResult:
     record = {
         "status": "running", "steps": 0, "total_steps": cfg.train.steps, "seed": cfg.train.seed,
         "overrides": list(overrides or []), "config": OmegaConf.to_container(cfg, resolve=True),
@@ -137,12 +155,14 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         if previous["status"] == "completed":
             return RunResult(run_dir, "completed", previous["steps"], previous.get("metrics", {}))
         record["started"] = previous.get("started", record["started"])
+        files.remove_leftovers(run_dir)  # a killed process's half-written files; the lock says none is writing
     else:
         summary.claim(run_dir, record)
     if distributed.is_launcher(cfg):  # train.nproc > 1: its processes train, this job waits for them
         return RunResult(run_dir, **distributed.launch(cfg, run_dir, record, progress))
 
     writer = telemetry = None
+    began = False  # until the loop begins, a failed resume leaves the run's summary.json as it was
     flushed = torch.set_flush_denormal(cfg.train.flush_denormal)
     threads = torch.get_num_threads()
     if cfg.train.threads > 0:
@@ -154,6 +174,7 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
                             synthetic_dim=cfg.data.dim, synthetic_samples=cfg.data.samples,
                             flatten=cfg.model.name == "mlp").to(device)
         model = build_model(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+        log.info("model: %d parameters", sum(p.numel() for p in model.parameters()))
         if cfg.train.channels_last and data.is_image and cfg.model.name == "cnn":
             model = model.to(memory_format=torch.channels_last)
             data = data.to_memory_format(torch.channels_last)
@@ -162,28 +183,41 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
         training_model, sampler = distributed.prepare(cfg, model, sampler)  # DDP and a shard with nproc > 1
         state = checkpoint.load(checkpoint_path) if resuming and checkpoint_path.exists() else None
         start = state["step"] if state else 0
-        # On resume, TensorBoard drops records at steps >= start left by the stopped process (no duplicates).
-        writer = RunWriter(run_dir, purge_step=start if resuming else None)
-        telemetry = Telemetry(model, writer, cfg.log, cfg.train.steps, images)
         if state:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             sampler.load_state_dict(state["sampler"])
-            telemetry.load_state_dict(state["telemetry"])
             checkpoint.set_rng_state(state["rng"])
             record["diverged_at"], record["skipped_steps"] = state["diverged_at"], state["skipped_steps"]
+        # On resume, TensorBoard drops records at steps >= start left by the stopped process (no duplicates).
+        writer = RunWriter(run_dir, purge_step=start if resuming else None)
+        telemetry = Telemetry(model, writer, cfg.log, cfg.train.steps, images)
+        if state:
+            telemetry.load_state_dict(state["telemetry"])
         else:
             writer.text("config", config_text(record["config"]))
             writer.hparams_start({k: v for k, v in record["config"].items() if k != "resume"}, list(HPARAM_METRICS))
         record["steps"] = start
         log.info("%s %s at step %d of %d on %s; overrides: %s", "resuming" if state else "starting", run_dir, start,
                  cfg.train.steps, device, " ".join(record["overrides"]) or "(none)")
-        status = _loop(cfg, training_model, optimizer, sampler, data, telemetry, progress, record, start,
-                       checkpoint_path, lambda step: _checkpoint_state(model, optimizer, sampler, telemetry,
-                                                                        step, record))
+        began = True
+        status = "interrupted" if stop.requested else _loop(
+            cfg, training_model, optimizer, sampler, data, telemetry, progress, record, start,
+            lambda step: _save_checkpoint(run_dir, record, telemetry, _checkpoint_state(
+                model, optimizer, sampler, telemetry, step, record)))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last checkpoint stands
+        status = "interrupted"
     except Exception as error:  # the run failed: keep its records, say why, and let a sweep go on
         status = "failed"
-        record["error"] = f"{type(error).__name__}: {error}"
+        record["error"] = files.failure_reason(error, run_dir)
+        if resuming and not began:
+            log.error("resume failed\n%s", traceback.format_exc())
+            _close(telemetry, writer)
+            raise RunFileError(f"could not resume {run_dir}: {record['error']} (the run is left as it was, "
+                               f"status {previous['status']} at step {previous['steps']}; traceback in "
+                               f"{run_dir / 'train.log'})") from error
+        # the summary first, while the space a failed write has just freed is still there
+        _write_summary(run_dir, {**record, "status": status, "finished": _now()}, quiet=True)
         log.error("run failed\n%s", traceback.format_exc())
     finally:
         progress.stop()
@@ -194,27 +228,29 @@ def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None,
     record["status"] = status
     record["finished"] = _now()
     log.info("%s after %d/%d steps", status, record["steps"], cfg.train.steps)
-    if telemetry is not None:
-        try:
+    try:
+        if telemetry is not None:
             telemetry.close()
-        except Exception:  # a figure that could not be drawn must not cost the run its summary
-            log.error("could not write the last telemetry records or images\n%s", traceback.format_exc())
-        record["metrics"] = dict(telemetry.last)
-        if telemetry.initial:
-            record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
-    if writer is not None:
-        writer.text("run_card", run_card(record), record["steps"])  # summary.json's numbers, rounded
-        writer.hparams_end(status)
-        writer.close()
-    summary.write(run_dir, record)
+            record["metrics"] = dict(telemetry.last)
+            if telemetry.initial:
+                record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
+        if writer is not None:
+            writer.text("run_card", run_card(record), record["steps"])  # summary.json's numbers, rounded
+            writer.hparams_end(status)
+    except Exception as error:  # a figure that cannot be drawn, a full disk: the summary still records the run
+        log.error("could not write the last telemetry records\n%s", traceback.format_exc())
+        if status == "completed" and isinstance(error, OSError):  # its event files are incomplete
+            status = record["status"] = "failed"
+            record["error"] = files.failure_reason(error, run_dir)
+    _close(None, writer)
+    _write_summary(run_dir, record, quiet=status == "failed")
     spent = (0.0, 0.0, 0) if telemetry is None else (telemetry.seconds, telemetry.cpu_seconds,
                                                       telemetry.measured_steps)
     return RunResult(run_dir, status, record["steps"], record["metrics"], record["error"], record["diverged_at"],
                      spent[0], spent[1], spent[2])
 
 
-def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, checkpoint_path,
-          checkpoint_state) -> str:
+def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, save_checkpoint) -> str:
     # config values read once: an OmegaConf attribute read costs ~40 us, a step of a small model ~3 ms
     total, on_divergence, eval_every = cfg.train.steps, cfg.train.on_divergence, cfg.train.eval_every
     checkpoint_every, l1, grad_clip = cfg.train.checkpoint_every, cfg.optim.l1, cfg.optim.grad_clip
@@ -266,10 +302,10 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
                 return "diverged"
             if stop.requested:
                 log.warning("%s received: stopping after step %d", stop.signal_name, step)
-                checkpoint.save(checkpoint_path, checkpoint_state(record["steps"]))
+                save_checkpoint(record["steps"])
                 return "interrupted"
             if record["steps"] % checkpoint_every == 0 and record["steps"] < total:  # the last one comes below
-                checkpoint.save(checkpoint_path, checkpoint_state(record["steps"]))
+                save_checkpoint(record["steps"])
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
     telemetry.record(total, {"loss/test": test_loss, "acc/test": accuracy})
     telemetry.render_final(total - 1)
@@ -277,8 +313,34 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
     figures = gradient_figures(telemetry.initial, telemetry.last) if telemetry.initial else {}
     if figures:
         telemetry.record(total, {f"figures/{name}": value for name, value in figures.items()})
-    checkpoint.save(checkpoint_path, checkpoint_state(total))
+    save_checkpoint(total)
     return "completed"
+
+
+def _save_checkpoint(run_dir: Path, record: dict, telemetry, state: dict) -> None:
+    """Checkpoint, then say in summary.json how far the run got: what a kill -9 after this leaves."""
+    checkpoint.save(run_dir / checkpoint.CHECKPOINT_NAME, state)
+    record["metrics"] = dict(telemetry.last)
+    summary.write(run_dir, {**record, "steps": state["step"]})
+
+
+def _write_summary(run_dir: Path, record: dict, quiet: bool) -> None:
+    """summary.json; `quiet` where an earlier write already recorded the failure and a second one may not fit."""
+    try:
+        summary.write(run_dir, record)
+    except RunFileError:
+        if not quiet:
+            raise
+        log.error("could not update summary.json\n%s", traceback.format_exc())
+
+
+def _close(telemetry, writer) -> None:
+    for closable in (telemetry, writer):
+        try:
+            if closable is not None:
+                closable.close()
+        except Exception:  # already failing: the error that matters is recorded
+            log.error("could not close the event files\n%s", traceback.format_exc())
 
 
 def _checkpoint_state(model, optimizer, sampler, telemetry, step: int, record: dict) -> dict:

@@ -7,6 +7,7 @@ one reduced experiment in process and refuses an arm-dropping override through t
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,10 @@ def test_overrides_merge_per_key_the_last_source_winning():
     assert merged == ["model.depth=20", "train.steps=600", "+extra=1", "norm=torch", "train.seed=0"]
 
 
-def plan_of(name: str, overrides=(), quick=True, directory="unused"):
-    result = Reproduction(get(name), Path(directory), quick, list(overrides), {})
+def plan_of(name: str, overrides=(), quick=True, directory=None):
+    # planning creates and locks each part's directory: a fresh one under the system's temporary folder
+    directory = Path(tempfile.mkdtemp(prefix="bnlab-plan-")) if directory is None else Path(directory)
+    result = Reproduction(get(name), directory, quick, list(overrides), {})
     return result, _plan_parts(result)
 
 

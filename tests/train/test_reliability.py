@@ -216,6 +216,6 @@ def test_a_directory_is_never_shared_by_two_runs(tmp_path):
     run_dir = tmp_path / "run"
     assert run_bnlab("train", *TINY, f"hydra.run.dir={run_dir}").returncode == 0
     second = run_bnlab("train", *TINY, f"hydra.run.dir={run_dir}")
-    assert second.returncode == 1
+    assert second.returncode == 2  # refused as bad input, before anything was written
     assert "already holds a run" in second.stderr and "resume=" in second.stderr
     assert "Traceback" not in second.stderr

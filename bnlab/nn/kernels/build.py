@@ -3,6 +3,9 @@
 A library's sources are compiled once per machine with the system's C++ compiler (`$CXX`, else `c++` or
 `g++`; about a second) into `$BNLAB_CACHE_DIR` (default `~/.cache/bnlab`), under a name that hashes the
 sources, the compiler, its flags and the CPU it is tuned for, so an edit or another machine rebuilds it.
+Each library has a sidecar `<name>.so.sha256` (its size and SHA-256, written at build time) that is checked
+before every load: a damaged cache file (a truncated copy, a disk that filled up) is rebuilt instead of
+killing the process with SIGBUS when the loader maps it.
 Without a compiler, or with `BNLAB_NATIVE=0`, `load` returns None and callers take their PyTorch path,
 the reference the compiled loops are tested against. Used by BatchNorm (`batchnorm.cpp` beside this file)
 and by bnlab's telemetry statistics.
@@ -64,7 +67,7 @@ def _load(sources: tuple[Path, ...], signatures, what: str) -> ctypes.CDLL | Non
         identity = [compiler, *flags] + ([_cpu()] if flags != FLAGS else [])
         target = cache_dir() / f"bnlab-{hashlib.sha256(source + repr(identity).encode()).hexdigest()[:16]}.so"
         try:
-            if not target.exists():
+            if not _intact(target):
                 _build(compiler, flags, sources, target)
             lib = ctypes.CDLL(str(target))
             break
@@ -89,15 +92,45 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
+def _fingerprint(path: Path | str) -> str:
+    """'<size> <sha256>' of a file: what its sidecar records at build time."""
+    data = Path(path).read_bytes()
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Whether `target` is the library its sidecar describes; False (rebuild) where either is missing or
+    they differ, so a damaged file is never handed to the dynamic loader."""
+    try:
+        recorded = _sidecar(target).read_text().split()
+        found = _fingerprint(target).split()
+    except OSError:
+        return False  # not built yet, or built before sidecars existed: build it (again)
+    if found == recorded:
+        return True
+    log.warning("bnlab: the compiled library %s is damaged (%s bytes; %s recorded when it was built); "
+                "rebuilding it", target, found[0], recorded[0] if recorded else "nothing")
+    return False
+
+
 def _build(compiler: str, flags: list[str], sources: tuple[Path, ...], target: Path) -> None:
-    """Compile into a temporary file beside the target, then rename: parallel runs never load half a file."""
+    """Compile into a temporary file beside the target, record its fingerprint, then rename: parallel runs
+    never load half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
+    sidecar_partial = partial + ".sha256"
     try:
         subprocess.run([compiler, *flags, *map(str, sources), "-o", partial], check=True, capture_output=True,
                        text=True)
+        Path(sidecar_partial).write_text(_fingerprint(partial) + "\n")
+        os.replace(sidecar_partial, _sidecar(target))
         os.replace(partial, target)
     finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        for leftover in (partial, sidecar_partial):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
