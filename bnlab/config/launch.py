@@ -35,13 +35,14 @@ class Launch:
     sweep_dir: Path | None
     inspect_only: bool
     run_dir: Path | None = None  # a single run's directory, fixed in advance
+    resuming: bool = False
     locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
     errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
     note: str | None = None  # what the user should know before it starts (a model that fills the memory)
 
 
 def plan(args: list[str]) -> Launch:
-    """Expand resume, validate every sweep point, then fix, check and lock the run or sweep directory."""
+    """Expand resume, validate every sweep point, then fix the run or sweep directory and check it is free."""
     args = list(args)
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
@@ -50,7 +51,7 @@ def plan(args: list[str]) -> Launch:
         args, overrides, flags = _resume_args(resume[-1].split("=", 1)[1], overrides, flags)
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     inspect_only = any(flag.split("=")[0] in INSPECT_FLAGS for flag in flags)
-    launch = Launch(args, multirun, None, inspect_only)
+    launch = Launch(args, multirun, None, inspect_only, resuming=bool(resume))
     if inspect_only:
         return launch
     cfg = check_overrides(overrides)
@@ -65,7 +66,8 @@ def plan(args: list[str]) -> Launch:
         else:
             launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
             args.append(f"hydra.sweep.dir={launch.sweep_dir}")
-        _take(launch, launch.sweep_dir, bool(resume), "sweep")
+        if not launch.resuming:
+            _refuse_if_taken(launch.sweep_dir, "sweep")
         return launch
     # Resolve the directory now and hand Hydra the result, so the directory checked is the one used.
     try:
@@ -75,15 +77,18 @@ def plan(args: list[str]) -> Launch:
     given = [o for o in overrides if o.startswith("hydra.run.dir=")]
     if not given or "${" in given[-1]:
         args.append(f"hydra.run.dir={_quoted(str(launch.run_dir))}")
-    _take(launch, launch.run_dir, bool(resume), "run")
+    if not launch.resuming:
+        _refuse_if_taken(launch.run_dir, "run")
     return launch
 
 
-def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
-    """Refuse a directory that holds another run (unless resuming it), create it, and lock it."""
-    key = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
-    if not resuming:
-        _refuse_if_taken(directory, what, key)
+def _take(launch: Launch) -> None:
+    """Create and lock the launch's directory (checked free again: another process may have started there)."""
+    directory, what = (launch.sweep_dir, "sweep") if launch.multirun else (launch.run_dir, "run")
+    if directory is None:
+        return
+    if not launch.resuming:
+        _refuse_if_taken(directory, what)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if lock.hold(directory):
@@ -92,17 +97,12 @@ def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
         reason = error.strerror or str(error)
         where = f" ({error.filename})" if error.filename and Path(error.filename) != directory else ""
         raise ConfigError(f"cannot write the {what} directory {directory}: {reason}{where}; choose a writable "
-                          f"place with {key}=DIR") from error
-    if not resuming:  # another process may have started a run there between the check and the lock
-        try:
-            _refuse_if_taken(directory, what, key)
-        except ConfigError:
-            if launch.locked and launch.locked[-1] == directory:
-                lock.release(launch.locked.pop())
-            raise
+                          f"place with hydra.{what}.dir=DIR") from error
+    if not launch.resuming:
+        _refuse_if_taken(directory, what)
 
 
-def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
+def _refuse_if_taken(directory: Path, what: str) -> None:
     if what == "sweep":
         found = [directory / "multirun.yaml"] + sorted(directory.glob("*/summary.json"))[:1]
     else:
@@ -111,7 +111,8 @@ def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
     if taken is not None:
         raise ConfigError(
             f"{what} directory {directory} already holds a {what} ({taken} exists); bnlab never writes a new "
-            f"{what} over another: choose another {key}, or continue that {what} with resume={directory}")
+            f"{what} over another: choose another hydra.{what}.dir, or continue that {what} with "
+            f"resume={directory}")
 
 
 def _quoted(value: str) -> str:
@@ -122,13 +123,16 @@ def _quoted(value: str) -> str:
 
 
 def run_hydra(launch: Launch) -> list:
-    """Run the Hydra app with `launch.args` as its command line; return this process's RunResults."""
+    """Run the Hydra app with `launch.args` as its command line; return this process's RunResults.
+
+    The run or sweep directory is created and locked first, and held until the app returns."""
     from bnlab.config import app as train_app
 
     train_app.RESULTS.clear()
     saved = sys.argv
     sys.argv = ["bnlab train", *launch.args]
     try:
+        _take(launch)
         train_app.main()
     finally:
         sys.argv = saved
