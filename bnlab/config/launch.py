@@ -38,14 +38,15 @@ class Launch:
     jobs: int = 1  # how many runs it starts (a sweep: the product of its axes' lengths)
     run_dir: Path | None = None  # a single run's directory, fixed in advance as a sweep's is
     axes: tuple[str, ...] = ()  # the keys a sweep varies
+    resuming: bool = False
     locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
     errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
     note: str | None = None  # what the user should know before it starts (a model that fills the memory)
 
 
 def plan(args: list[str]) -> Launch:
-    """Expand resume, validate every sweep point, then fix, check and lock the run or sweep directory before
-    Hydra writes anything there."""
+    """Expand resume, validate every sweep point, then fix the run or sweep directory and check it is free
+    (`run_hydra` creates and locks it before Hydra writes anything there)."""
     args = list(args)
     overrides = [a for a in args if not a.startswith("-")]
     flags = [a for a in args if a.startswith("-")]
@@ -60,7 +61,7 @@ def plan(args: list[str]) -> Launch:
     from bnlab.config.resources import check_fits
     from bnlab.train.loop import resolve_device
 
-    launch = Launch(args, multirun, None, inspect_only, jobs if multirun else 1, None, axes)
+    launch = Launch(args, multirun, None, inspect_only, jobs if multirun else 1, None, axes, resuming=bool(resume))
     launch.note = check_fits(cfg, resolve_device(cfg.train.device))
     if multirun:
         given = [o for o in overrides if o.startswith("hydra.sweep.dir=")]
@@ -70,7 +71,8 @@ def plan(args: list[str]) -> Launch:
             launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
             args.append(f"hydra.sweep.dir={launch.sweep_dir}")
         args += default_launcher(overrides)  # every core, unless a launcher was chosen
-        _take(launch, launch.sweep_dir, bool(resume), "sweep")
+        if not launch.resuming:
+            _refuse_if_taken(launch.sweep_dir, "sweep")
         return launch
     # Resolve the directory now and hand Hydra the result, so the directory checked is the one used.
     try:
@@ -80,15 +82,18 @@ def plan(args: list[str]) -> Launch:
     given = [o for o in overrides if o.startswith("hydra.run.dir=")]
     if not given or "${" in given[-1]:
         args.append(f"hydra.run.dir={quoted(launch.run_dir)}")
-    _take(launch, launch.run_dir, bool(resume), "run")
+    if not launch.resuming:
+        _refuse_if_taken(launch.run_dir, "run")
     return launch
 
 
-def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
-    """Refuse a directory that holds another run (unless resuming it), create it, and lock it."""
-    key = "hydra.sweep.dir" if what == "sweep" else "hydra.run.dir"
-    if not resuming:
-        _refuse_if_taken(directory, what, key)
+def _take(launch: Launch) -> None:
+    """Create and lock the launch's directory (checked free again: another process may have started there)."""
+    directory, what = (launch.sweep_dir, "sweep") if launch.multirun else (launch.run_dir, "run")
+    if directory is None:
+        return
+    if not launch.resuming:
+        _refuse_if_taken(directory, what)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if lock.hold(directory):
@@ -97,17 +102,12 @@ def _take(launch: Launch, directory: Path, resuming: bool, what: str) -> None:
         reason = error.strerror or str(error)
         where = f" ({error.filename})" if error.filename and Path(error.filename) != directory else ""
         raise ConfigError(f"cannot write the {what} directory {directory}: {reason}{where}; choose a writable "
-                          f"place with {key}=DIR") from error
-    if not resuming:  # another process may have started a run there between the check and the lock
-        try:
-            _refuse_if_taken(directory, what, key)
-        except ConfigError:
-            if launch.locked and launch.locked[-1] == directory:
-                lock.release(launch.locked.pop())
-            raise
+                          f"place with hydra.{what}.dir=DIR") from error
+    if not launch.resuming:
+        _refuse_if_taken(directory, what)
 
 
-def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
+def _refuse_if_taken(directory: Path, what: str) -> None:
     if what == "sweep":
         found = [directory / "multirun.yaml"] + sorted(directory.glob("*/summary.json"))[:1]
     else:
@@ -116,14 +116,16 @@ def _refuse_if_taken(directory: Path, what: str, key: str) -> None:
     if taken is not None:
         raise ConfigError(
             f"{what} directory {directory} already holds a {what} ({taken} exists); bnlab never writes a new "
-            f"{what} over another: choose another {key}, or continue that {what} with resume={directory}")
+            f"{what} over another: choose another hydra.{what}.dir, or continue that {what} with "
+            f"resume={directory}")
 
 
 
 def run_hydra(launch: Launch, progress=None) -> list:
     """Run the Hydra app with `launch.args` as its command line; return this process's RunResults.
 
-    `progress`: a `bnlab.train.progress.SweepProgress` that a sweep's jobs report to (one line for all)."""
+    `progress`: a `bnlab.train.progress.SweepProgress` that a sweep's jobs report to (one line for all).
+    The run or sweep directory is created and locked first, and held until the app returns."""
     from bnlab.config import app as train_app
 
     train_app.RESULTS.clear()
@@ -133,6 +135,7 @@ def run_hydra(launch: Launch, progress=None) -> list:
     if progress is not None:
         progress.swept = set(launch.axes)
     try:
+        _take(launch)
         train_app.main()
     finally:
         sys.argv = saved
