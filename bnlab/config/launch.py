@@ -240,6 +240,10 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False, thor
     from bnlab.data.downloads import check_available
 
     check_available(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+    if cfg.train.device == "cuda" and not thorough:  # the one device to check without torch's import otherwise
+        from bnlab.train.loop import resolve_device
+
+        resolve_device(cfg.train.device)
     if thorough:  # the checks that import torch (1-2 s)
         from bnlab.config.resources import check_fits
         from bnlab.data.datasets import check_batch_size

@@ -121,15 +121,17 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return loss, accuracy
 
 
-def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None, images=None) -> RunResult:
+def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None, images=None,
+          hold_lock: bool = True) -> RunResult:
     """Train the run `cfg` describes in `run_dir`, continuing its checkpoint if `cfg.resume` is set.
 
     Holds the directory's lock while it trains (`bnlab train` takes it before Hydra starts; a sweep job
-    here). Raises RunFileError, leaving the run exactly as it was, when a resume fails before its first step.
+    here), unless `hold_lock` is False: the processes of a `train.nproc` run, whose launcher holds it.
+    Raises RunFileError, leaving the run exactly as it was, when a resume fails before its first step.
     """
     run_dir = Path(run_dir)
     try:
-        took_lock = lock.hold(run_dir)
+        took_lock = lock.hold(run_dir) if hold_lock else False
     except OSError as error:
         raise files.write_error(run_dir / lock.LOCK_NAME, error, "lock file") from error
     try:

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_dir = distributed.scratch_run_dir(scratch, rank, run_dir)
             cfg.log.enabled = False  # telemetry is process 0's
-        result = train(cfg, run_dir, spec["overrides"], progress=progress, images=images)
+        # the launching process holds the run directory's lock for all its processes
+        result = train(cfg, run_dir, spec["overrides"], progress=progress, images=images, hold_lock=False)
         outcome.update(status=result.status, error=result.error)
     except Exception as error:  # e.g. the rendezvous failed: nothing was trained
         outcome["error"] = f"{type(error).__name__}: {error}"

@@ -27,14 +27,14 @@ def test_each_norm_composes_with_its_defaults(norm, keys):
 @pytest.mark.parametrize("override, fragment", [
     ("norm.ghost_batch_size=0", "norm.ghost_batch_size=0 is out of range; expected a value >= 1"),
     ("norm.rmax=0.5", "norm.rmax=0.5 is out of range; expected a finite value >= 1"),
-    ("norm.rmax=nan", "norm.rmax=nan is out of range"),
+    ("norm.rmax=nan", "norm.rmax=nan is not a finite number"),
     ("norm.dmax=-1", "norm.dmax=-1.0 is out of range; expected a finite value >= 0"),
-    ("norm.dmax=inf", "norm.dmax=inf is out of range"),
+    ("norm.dmax=inf", "norm.dmax=inf is not a finite number"),
     ("norm.warmup_steps=-1", "norm.warmup_steps=-1 is out of range; expected a value >= 0"),
     ("norm.warmup_steps=300", "norm.dmax_step=250 comes before the warm-up ends (norm.warmup_steps=300)"),
     ("norm.rmax_step=10", "norm.rmax_step=10 comes before the warm-up ends"),
     ("norm.noise_mean=-0.5", "norm.noise_mean=-0.5 is out of range; expected a finite value >= 0"),
-    ("norm.noise_mean=nan", "norm.noise_mean=nan is out of range"),
+    ("norm.noise_mean=nan", "norm.noise_mean=nan is not a finite number"),
     ("norm.noise_std=0.9", "norm.noise_std=0.9 is out of range; expected a finite value >= 1"),
     ("norm.groups=0", "norm.groups=0 is out of range; expected a value >= 1"),
 ])

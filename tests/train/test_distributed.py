@@ -57,7 +57,7 @@ def test_two_processes_train_as_one_process_on_the_global_batch(tmp_path):
     _assert_same_training(run_dir, reference)
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # process 0 alone writes the run directory
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
-        ".hydra", "checkpoint.pt", "summary.json", "train.log"]
+        ".bnlab.lock", ".hydra", "checkpoint.pt", "summary.json", "train.log"]
 
 
 def test_two_processes_diverge_at_the_step_one_process_does(tmp_path):
