@@ -206,7 +206,7 @@ def _train(cfg, run_dir: Path, overrides, progress, images, stop) -> RunResult:
         status = "interrupted" if stop.requested else _loop(
             cfg, training_model, optimizer, sampler, data, telemetry, progress, record, start,
             lambda step: _save_checkpoint(run_dir, record, telemetry, _checkpoint_state(
-                model, optimizer, sampler, telemetry, step, record)))
+                model, optimizer, sampler, telemetry, step, record)), stop)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last checkpoint stands
         status = "interrupted"
     except Exception as error:  # the run failed: keep its records, say why, and let a sweep go on
@@ -252,7 +252,9 @@ def _train(cfg, run_dir: Path, overrides, progress, images, stop) -> RunResult:
                      spent[0], spent[1], spent[2])
 
 
-def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, save_checkpoint) -> str:
+def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, start, save_checkpoint, stop) -> str:
+    """The steps from `start` on; `stop` (train's signal handler, installed before the set-up) ends them after
+    the current step."""
     # config values read once: an OmegaConf attribute read costs ~40 us, a step of a small model ~3 ms
     total, on_divergence, eval_every = cfg.train.steps, cfg.train.on_divergence, cfg.train.eval_every
     checkpoint_every, l1, grad_clip = cfg.train.checkpoint_every, cfg.optim.l1, cfg.optim.grad_clip
@@ -267,47 +269,46 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
         return loss
 
     progress.start(total, start)
-    with stop_on_signals() as stop:
-        for step in range(start, total):
-            if step % eval_every == 0:
-                test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
-                telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
-                log.info("step %d: loss/test %.4g, acc/test %.4f", step, test_loss, accuracy)
-            due = telemetry.due(step)
-            if due:
-                telemetry.start(step)
-            indices = sampler.next_indices()
-            x, y = data.x_train[indices], data.y_train[indices]
-            loss = loss_of(model, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            if due:
-                telemetry.observe_step(step, optimizer, loss_of, x, y)
-            loss_value, finite = finite_check(loss, [p.grad for p in params if p.grad is not None])  # one sync
-            loss, loss_value, finite = distributed.agree(loss, loss_value, finite, stop)  # of all processes
-            if finite:
-                optimizer.step()
-            else:  # a diverged step never reaches the parameters
-                record["skipped_steps"] += 1
-                if record["diverged_at"] is None:
-                    record["diverged_at"] = step
-            if due:
-                telemetry.finish(step, {"loss/train": loss.detach(), "lr": optimizer.param_groups[0]["lr"]})
-            record["steps"] = step + 1 if finite or on_divergence == "continue" else step
-            progress.update(record["steps"], loss_value, accuracy)
-            if not finite and not due:
-                telemetry.record(step, {"loss/train": loss_value})
-            if not finite and on_divergence == "stop":
-                log.warning("loss or gradient is not finite at step %d: stopping (diverged)", step)
-                return "diverged"
-            if stop.requested:
-                log.warning("%s received: stopping after step %d", stop.signal_name, step)
-                save_checkpoint(record["steps"])
-                return "interrupted"
-            if record["steps"] % checkpoint_every == 0 and record["steps"] < total:  # the last one comes below
-                save_checkpoint(record["steps"])
+    for step in range(start, total):
+        if step % eval_every == 0:
+            test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+            telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
+            log.info("step %d: loss/test %.4g, acc/test %.4f", step, test_loss, accuracy)
+        due = telemetry.due(step)
+        if due:
+            telemetry.start(step)
+        indices = sampler.next_indices()
+        x, y = data.x_train[indices], data.y_train[indices]
+        loss = loss_of(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if due:
+            telemetry.observe_step(step, optimizer, loss_of, x, y)
+        loss_value, finite = finite_check(loss, [p.grad for p in params if p.grad is not None])  # one sync
+        loss, loss_value, finite = distributed.agree(loss, loss_value, finite, stop)  # of all processes
+        if finite:
+            optimizer.step()
+        else:  # a diverged step never reaches the parameters
+            record["skipped_steps"] += 1
+            if record["diverged_at"] is None:
+                record["diverged_at"] = step
+        if due:
+            telemetry.finish(step, {"loss/train": loss.detach(), "lr": optimizer.param_groups[0]["lr"]})
+        record["steps"] = step + 1 if finite or on_divergence == "continue" else step
+        progress.update(record["steps"], loss_value, accuracy)
+        if not finite and not due:
+            telemetry.record(step, {"loss/train": loss_value})
+        if not finite and on_divergence == "stop":
+            log.warning("loss or gradient is not finite at step %d: stopping (diverged)", step)
+            return "diverged"
+        if stop.requested:
+            log.warning("%s received: stopping after step %d", stop.signal_name, step)
+            save_checkpoint(record["steps"])
+            return "interrupted"
+        if record["steps"] % checkpoint_every == 0 and record["steps"] < total:  # the last one comes below
+            save_checkpoint(record["steps"])
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
     telemetry.record(total, {"loss/test": test_loss, "acc/test": accuracy})
     telemetry.render_final(total - 1)
