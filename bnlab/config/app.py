@@ -25,6 +25,9 @@ from bnlab.config.schema import register_schema, validate
 from bnlab.errors import BnlabError
 
 CONFIG_DIR = importlib.util.find_spec("bnlab.conf").submodule_search_locations[0]
+# Hydra forces these two module globals: `@hydra.main` takes no arguments but the config and its launchers drop
+# the task function's return value, so the jobs of this process hand their outcome back, and receive the sweep's
+# progress line, through the module (launch.run_hydra clears and reads them around each call).
 RESULTS: list = []  # RunResult of each job run in this process, or the BnlabError that kept it from running
 SWEEP_PROGRESS = None  # a sweep's one line (bnlab.train.progress.SweepProgress), set by launch.run_hydra
 
