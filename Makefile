@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The headline experiment: sigmoid and tanh MLPs at depths 2-20, with and without bnlab's BatchNorm, 3 seeds,
+# The headline experiment: sigmoid and tanh MLPs at depths 2-50, with and without bnlab's BatchNorm, 3 seeds,
 # ending with its verdict table. `make pair` trains just the default pair (with / without BatchNorm).
 train: $(STAMP)
 	$(BIN)/bnlab reproduce vanishing

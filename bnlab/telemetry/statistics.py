@@ -152,18 +152,27 @@ def log10_magnitude_rows(tensors: list[torch.Tensor], bins: int = HISTOGRAM_BINS
     """A histogram row (as `histogram_rows`) of log10 |x| over each tensor's nonzero values: a vanished
     gradient's 1e-18 and a healthy 1e-2 both get bins, where a histogram of x itself puts all of a vanished
     layer in the one bin around 0. Exact zeros have no logarithm and are left out (the row's count says how
-    many values were binned); a tensor of zeros gets a row of count 0."""
+    many values were binned); a tensor of zeros gets a row of count 0. On the CPU numpy bins each tensor
+    (`numpy.histogram`, which `histogram_rows` equals; ~4x faster than its PyTorch path for one tensor)."""
+    if not all(t.is_cpu for t in tensors):
+        return _log10_rows_on_device(tensors, bins)
+    rows = np.zeros((len(tensors), HISTOGRAM_HEAD + 2 * bins))
+    for row, t in zip(rows, tensors, strict=True):
+        # float32 at least: it reaches 1e-45 (float16's 6e-8 does not)
+        array = np.abs(t.detach().reshape(-1).to(torch.promote_types(t.dtype, torch.float32)).numpy())
+        values = np.log10(array[array > 0], dtype=np.float64)
+        if values.size:
+            counts, edges = np.histogram(values, bins=bins)
+            row[:HISTOGRAM_HEAD] = values.min(), values.max(), values.size, values.sum(), np.square(values).sum()
+            row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + bins], row[HISTOGRAM_HEAD + bins:] = counts, edges[1:]
+    return torch.from_numpy(rows)
+
+
+def _log10_rows_on_device(tensors: list[torch.Tensor], bins: int) -> torch.Tensor:
     rows = []
     for t in tensors:
-        # float32 at least: it reaches 1e-45 (float16's 6e-8 does not)
         values = t.detach().reshape(-1).abs().to(torch.promote_types(t.dtype, torch.float32))
-        if values.is_cpu:  # numpy selects the nonzero values ~5x faster than torch's boolean indexing
-            array = values.numpy()
-            values = torch.from_numpy(np.log10(array[array > 0]))
-        else:
-            values = values[values > 0].log10()
-        if values.numel():
-            rows.append(histogram_rows([values], bins=bins)[0])
-        else:
-            rows.append(torch.zeros(HISTOGRAM_HEAD + 2 * bins, dtype=torch.float64, device=values.device))
+        values = values[values > 0].log10()
+        rows.append(histogram_rows([values], bins=bins)[0] if values.numel() else
+                    torch.zeros(HISTOGRAM_HEAD + 2 * bins, dtype=torch.float64, device=values.device))
     return torch.stack(rows)
