@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class RunWriter:
         # last checkpoint by the interrupted process, so no step appears twice.
         # A deep queue: at one event per step the writer thread must never make training wait for the disk.
         checksums.install()  # TensorBoard's pure-Python record checksum would cost more than the statistics
+        _after_existing_files(run_dir)
         self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10, max_queue=1000)
         self._events = self._writer._get_file_writer()
 
@@ -171,3 +173,16 @@ def _plugin_summary(tag: str, content) -> Summary:
 
     plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
     return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+
+
+def _after_existing_files(run_dir) -> None:
+    """Wait (at most a second) until this file's name sorts after the directory's earlier event files.
+
+    TensorBoard reads a directory's event files in name order, and a name starts with the second it was created
+    in, then the host, the process and a counter: a resumed run's file made in the same second as the stopped
+    run's could sort first (counter "10" before "9"), and TensorBoard would then read the stopped run's records
+    after the resumed run's and drop them."""
+    stamps = [int(match[1]) for path in Path(run_dir).glob("events.out.tfevents.*")
+              if (match := re.match(r"events\.out\.tfevents\.(\d+)\.", path.name))]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.02)

@@ -45,3 +45,25 @@ def test_scalars_of_one_step_are_one_event_and_read_back_exactly(tmp_path, path)
     accumulator = _read(tmp_path)
     assert [(e.step, e.value) for e in accumulator.Scalars("x/layer00")] == [(0, 1.5), (10, 3.0)]
     assert [(e.step, e.value) for e in accumulator.Scalars("loss/train")] == [(0, 0.125)]
+
+
+def test_a_resumed_run_s_event_file_sorts_after_the_stopped_run_s(tmp_path):
+    """TensorBoard reads event files in name order; a file made in the same second as the last one, whose counter
+    crosses a digit ("10" sorts before "9"), must still come second, or the stopped run's records are dropped."""
+    from conftest import scalars
+    from tensorboard.summary.writer import event_file_writer
+
+    from bnlab.telemetry.writer import RunWriter
+
+    while event_file_writer._global_uid.get() % 10 != 8:  # the next writer's counter ends in 9, the one after in 0
+        pass
+    first = RunWriter(str(tmp_path))
+    for step in range(6):
+        first.scalars(step, {"loss/train": float(step)})
+    first.close()
+    second = RunWriter(str(tmp_path), purge_step=6)
+    for step in range(6, 10):
+        second.scalars(step, {"loss/train": float(step)})
+    second.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert [step for step, _ in scalars(tmp_path)["loss/train"]] == list(range(10))
