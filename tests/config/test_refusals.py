@@ -95,4 +95,5 @@ def test_a_model_too_large_for_this_machine_names_its_size_and_the_memory_left(t
 
 
 def test_a_port_that_does_not_exist_is_refused(tmp_path):
-    _refused(run_bnlab("tb", str(tmp_path), "--port", "99999"), "--port 99999 is not a TCP port")
+    line = _refused(run_bnlab("tb", str(tmp_path), "--port", "99999"), "--port 99999 is not a TCP port")
+    assert "65535" in line  # the message says what is allowed

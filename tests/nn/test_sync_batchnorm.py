@@ -38,11 +38,17 @@ def _loopback_interface() -> str:
     return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
 
 
-def _spawn(worker, world_size: int, tmp_path, monkeypatch, *args) -> None:
-    """Run worker(rank, world_size, store, *args) in world_size fresh processes; a failure in any is raised here."""
+def _spawn(worker, world_size: int, tmp_path, monkeypatch, *args) -> list[int]:
+    """Run worker(rank, world_size, store, *args) in world_size fresh processes; a failure in any is raised here.
+    Returns the ranks that ran to their end (each worker marks it with `_finished`)."""
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", _loopback_interface())  # gloo talks over loopback only
     store = str(tmp_path / "rendezvous")
     mp.start_processes(worker, args=(world_size, store, *args), nprocs=world_size, start_method="spawn")
+    return sorted(int(path.name.rsplit(".", 1)[1]) for path in tmp_path.glob("rendezvous.finished.*"))
+
+
+def _finished(rank: int, store: str) -> None:
+    open(f"{store}.finished.{rank}", "w").close()
 
 
 def _init(rank: int, world_size: int, store: str) -> None:
@@ -106,11 +112,12 @@ def parity_worker(rank: int, world_size: int, store: str) -> None:
             torch.manual_seed(sum(map(ord, repr(case))))
             _check_case(rank, *case)
     dist.destroy_process_group()
+    _finished(rank, store)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(world_size, tmp_path, monkeypatch):
-    _spawn(parity_worker, world_size, tmp_path, monkeypatch)
+    assert _spawn(parity_worker, world_size, tmp_path, monkeypatch) == list(range(world_size))
 
 
 def special_cases_worker(rank: int, world_size: int, store: str) -> None:
@@ -150,10 +157,11 @@ def special_cases_worker(rank: int, world_size: int, store: str) -> None:
     assert layer(torch.empty(0, C, dtype=torch.float64)).shape == (0, C)
     torch.testing.assert_close(layer.running_mean, before)
     dist.destroy_process_group()
+    _finished(rank, store)
 
 
 def test_sync_batchnorm_communicates_once_each_way_and_never_in_eval(tmp_path, monkeypatch):
-    _spawn(special_cases_worker, 2, tmp_path, monkeypatch)
+    assert _spawn(special_cases_worker, 2, tmp_path, monkeypatch) == [0, 1]
 
 
 @pytest.mark.parametrize("group", ["none", "one process"])
