@@ -143,11 +143,34 @@ def run_hydra(launch: Launch, progress=None) -> list:
         for directory in launch.locked:
             lock.release(directory)
         launch.locked.clear()
-    errors = [r for r in train_app.RESULTS if isinstance(r, BnlabError)]
+    outcomes = list(train_app.RESULTS)
+    if launch.multirun and len(outcomes) < launch.jobs and launch.sweep_dir is not None:
+        outcomes = _outcomes_on_disk(launch.sweep_dir)  # the jobs ran in other processes (joblib's workers)
+    errors = [r for r in outcomes if isinstance(r, BnlabError)]
     if errors and not launch.multirun:
         raise errors[0]
     launch.errors = errors
-    return [r for r in train_app.RESULTS if not isinstance(r, BnlabError)]
+    return [r for r in outcomes if not isinstance(r, BnlabError)]
+
+
+def _outcomes_on_disk(sweep_dir: Path) -> list:
+    """The RunResult of each job of the sweep in `sweep_dir`, in job order, read from its summary.json; a
+    BnlabError for a job that left none (it could not start: its train.log says why)."""
+    from bnlab.train import summary
+    from bnlab.train.loop import RunResult
+
+    jobs = []
+    for config in sweep_dir.glob("*/.hydra/hydra.yaml"):
+        run_dir = config.parent.parent
+        number = OmegaConf.load(config).hydra.job.num
+        try:
+            record = summary.read(run_dir)
+        except BnlabError as error:
+            jobs.append((number, BnlabError(f"job {number} did not run: {error} (see {run_dir / 'train.log'})")))
+            continue
+        jobs.append((number, RunResult(run_dir, record["status"], record["steps"], record["metrics"],
+                                       record["error"], record["diverged_at"])))
+    return [outcome for _, outcome in sorted(jobs, key=lambda job: job[0])]
 
 
 def check_overrides(overrides: list[str]) -> int:

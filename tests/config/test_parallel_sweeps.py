@@ -73,10 +73,13 @@ def _summaries(sweep) -> dict:
 def test_a_parallel_sweep_trains_the_same_runs_as_a_sequential_one(monkeypatch, tmp_path):
     monkeypatch.setattr(parallel, "spare_cores", lambda: 2)  # parallel however busy the machine is
     sequential, default = tmp_path / "sequential", tmp_path / "default"
-    run_hydra(plan(["-m", *SWEEP, *TINY, "hydra/launcher=basic", f"hydra.sweep.dir={sequential}"]))
-    run_hydra(plan(["-m", *SWEEP, *TINY, f"hydra.sweep.dir={default}"]))
+    in_process = run_hydra(plan(["-m", *SWEEP, *TINY, "hydra/launcher=basic", f"hydra.sweep.dir={sequential}"]))
+    in_workers = run_hydra(plan(["-m", *SWEEP, *TINY, f"hydra.sweep.dir={default}"]))
     launcher = yaml.safe_load((default / "multirun.yaml").read_text())["hydra"]["launcher"]
     assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
     runs, expected = _summaries(default), _summaries(sequential)
     assert len(runs) == 4 and all(run["status"] == "completed" for run in runs.values())
     assert runs == expected  # metrics and figures to the last bit
+    # what run_hydra returns, whichever process ran the jobs: every job, in the sweep's order
+    assert len(in_workers) == 4 and [r.run_dir.name for r in in_workers] == [r.run_dir.name for r in in_process]
+    assert [(r.status, r.steps, r.metrics) for r in in_workers] == [(r.status, r.steps, r.metrics) for r in in_process]
