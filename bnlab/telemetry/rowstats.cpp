@@ -38,20 +38,21 @@ double lane_sum(int64_t n, Term term) {
 
 struct Sums {
     double sum, squares;
-    float low, high;
+    double low, high;
 };
 
 // Sum, sum of squares, min and max of one row (min and max are NaN if the row holds a NaN).
-Sums sums(const float *x, int64_t n) {
+template <typename T>
+Sums sums(const T *x, int64_t n) {
     double sum = lane_sum(n, [x](int64_t i) { return double(x[i]); });
     double squares = lane_sum(n, [x](int64_t i) { return double(x[i]) * double(x[i]); });
-    float low[LANES], high[LANES];
+    T low[LANES], high[LANES];
     std::fill(low, low + LANES, INFINITY);
     std::fill(high, high + LANES, -INFINITY);
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (int k = 0; k < LANES; ++k) {
-            float v = x[i + k];
+            T v = x[i + k];
             low[k] = v < low[k] ? v : low[k];  // a NaN never replaces an extreme
             high[k] = v > high[k] ? v : high[k];
         }
@@ -60,9 +61,9 @@ Sums sums(const float *x, int64_t n) {
         high[0] = x[i] > high[0] ? x[i] : high[0];
     }
     Sums s = {sum, squares, INFINITY, -INFINITY};
-    for (int k = 0; k < LANES; ++k) s.low = std::min(s.low, low[k]), s.high = std::max(s.high, high[k]);
+    for (int k = 0; k < LANES; ++k) s.low = std::min(s.low, double(low[k])), s.high = std::max(s.high, double(high[k]));
     // a NaN makes the sum NaN (so do inf and -inf together): only then look for one
-    if (std::isnan(sum) && std::any_of(x, x + n, [](float v) { return std::isnan(v); })) s.low = s.high = NAN;
+    if (std::isnan(sum) && std::any_of(x, x + n, [](T v) { return std::isnan(v); })) s.low = s.high = NAN;
     return s;
 }
 
@@ -100,7 +101,8 @@ inline double edge(double k, double bins, double first, double last, double step
 // bins, range=(min, max)) makes it: bin k holds edge[k] <= x < edge[k + 1], the last bin also the maximum; a
 // row of equal values gets the range (value - 0.5, value + 0.5); without finite ends nothing is counted.
 // bins <= 255; `scratch` holds n bin indices.
-void histogram_row(const float *x, int64_t n, const Sums &m, int64_t bins, int32_t *scratch, double *row) {
+template <typename T>
+void histogram_row(const T *x, int64_t n, const Sums &m, int64_t bins, int32_t *scratch, double *row) {
     double low = m.low, high = m.high;
     double first = low == high ? low - 0.5 : low, last = low == high ? high + 0.5 : high;
     double step = (last - first) / double(bins), scale = double(bins) / (last - first);
@@ -130,6 +132,18 @@ void histogram_row(const float *x, int64_t n, const Sums &m, int64_t bins, int32
         for (int k = 0; k < 4; ++k) ++tally[k][scratch[i + k]];
     for (; i < n; ++i) ++tally[0][scratch[i]];
     for (int64_t k = 0; k < bins; ++k) counts[k] = double(tally[0][k] + tally[1][k] + tally[2][k] + tally[3][k]);
+}
+
+// log10 |x| of the nonzero values of x, in double as numpy's float64 log10 makes them, to within its last bit
+// (bnlab.telemetry.statistics.log10_magnitude_rows; NaN is left out, as numpy's mask leaves it); returns how
+// many were written to `out`.
+int64_t log10_magnitudes(const float *x, int64_t n, double *out) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        double magnitude = std::fabs(double(x[i]));
+        if (magnitude > 0.0) out[count++] = std::log10(magnitude);
+    }
+    return count;
 }
 
 // The L2 norm of a row, summed in double.
@@ -248,13 +262,14 @@ void percentiles(uint32_t *keys, uint32_t *spare, int64_t n, const double *qs, i
 #define BNLAB_STATISTICS(X)                                                                                      \
     X(grad_norm) X(weight_norm) X(update_ratio) X(output_grad_norm) X(preact_mean) X(preact_std)              \
     X(preact_percentile) X(unit_percentile) X(act_mean) X(act_std) X(act_saturated) X(preact_histogram)      \
-    X(grad_histogram)
+    X(grad_histogram) X(grad_log10_histogram)
 #define BNLAB_ENUM(name) name,
 #define BNLAB_NAME(name) #name " "
 enum class Statistic { BNLAB_STATISTICS(BNLAB_ENUM) COUNT };
 
 bool is_histogram(Statistic which) {
-    return which == Statistic::preact_histogram || which == Statistic::grad_histogram;
+    return which == Statistic::preact_histogram || which == Statistic::grad_histogram ||
+           which == Statistic::grad_log10_histogram;
 }
 
 }  // namespace
@@ -299,7 +314,8 @@ namespace {
 // How many layers statistic `which` has a value for in step s.
 int64_t layers(const Step *s, Statistic which) {
     switch (which) {
-        case Statistic::grad_norm: case Statistic::grad_histogram: return s->grads;
+        case Statistic::grad_norm: case Statistic::grad_histogram: case Statistic::grad_log10_histogram:
+            return s->grads;
         case Statistic::weight_norm: case Statistic::update_ratio: return s->weights;
         case Statistic::output_grad_norm: return s->outputs;
         default: return s->activations;
@@ -336,12 +352,15 @@ void bnlab_step(const Step *s) {
     };
     const int64_t width = 5 + 2 * s->bins;
     std::vector<int32_t> scratch;
-    auto put_histogram = [&](Statistic which, int64_t layer, const float *x, int64_t n, const Sums &m) {
+    auto put_histogram = [&](Statistic which, int64_t layer, const auto *x, int64_t n, const Sums &m) {
         const Placement &p = at(which);
         if (p.count == 0) return;
         double *first = s->histograms + (p.offsets[0] + layer) * width;
         scratch.resize(std::max<size_t>(scratch.size(), n));
-        histogram_row(x, n, m, s->bins, scratch.data(), first);
+        if (n == 0 && which == Statistic::grad_log10_histogram)
+            std::fill(first, first + width, 0.0);  // a gradient of zeros: nothing to bin, a row of count 0
+        else
+            histogram_row(x, n, m, s->bins, scratch.data(), first);
         for (int64_t j = 1; j < p.count; ++j)
             std::copy(first, first + width, s->histograms + (p.offsets[j] + layer) * width);
     };
@@ -353,10 +372,17 @@ void bnlab_step(const Step *s) {
         for (int64_t j = 0; j < p.count; ++j) s->values[p.offsets[j] + layer] = q[j];
     };
 
-    for (int64_t i = 0; i < s->grads && (wanted(Statistic::grad_norm) || wanted(Statistic::grad_histogram)); ++i) {
+    std::vector<double> logs;
+    for (int64_t i = 0; i < s->grads && (wanted(Statistic::grad_norm) || wanted(Statistic::grad_histogram) ||
+                                         wanted(Statistic::grad_log10_histogram)); ++i) {
         Sums m = sums(s->grad[i], s->grad_sizes[i]);
         put(Statistic::grad_norm, i, std::sqrt(m.squares));
         put_histogram(Statistic::grad_histogram, i, s->grad[i], s->grad_sizes[i], m);
+        if (wanted(Statistic::grad_log10_histogram)) {
+            logs.resize(std::max<size_t>(logs.size(), s->grad_sizes[i]));
+            int64_t count = log10_magnitudes(s->grad[i], s->grad_sizes[i], logs.data());
+            put_histogram(Statistic::grad_log10_histogram, i, logs.data(), count, sums(logs.data(), count));
+        }
     }
     for (int64_t i = 0; i < s->weights; ++i) {
         const float *after = s->after[i], *before = s->before[i];

@@ -168,10 +168,16 @@ def test_compiled_and_pytorch_statistics_agree_on_a_float32_step(model, monkeypa
     assert isinstance(compiled.values, np.ndarray) and isinstance(reference.values, torch.Tensor)  # the two paths
     assert compiled.tags == reference.tags and compiled.histogram_tags == reference.histogram_tags
     assert compiled.values.tolist() == pytest.approx(reference.values.tolist(), rel=1e-12, abs=1e-300)
-    assert compiled.histogram_rows[:, :3].tolist() == reference.histogram_rows[:, :3].tolist()
-    assert compiled.histogram_rows[:, 3:5].flatten().tolist() == pytest.approx(
-        reference.histogram_rows[:, 3:5].flatten().tolist(), rel=1e-12)
-    assert compiled.histogram_rows[:, HISTOGRAM_HEAD:].tolist() == reference.histogram_rows[:, HISTOGRAM_HEAD:].tolist()
+    # log10 |g| rows: the C library's log10 and numpy's may differ in the last bit (both within one ulp), so
+    # their extremes and edges agree to a few ulps and their counts exactly; every other row agrees bit for bit
+    logs = [tag.startswith("grad/log10_abs_weight/") for tag in compiled.histogram_tags]
+    for row, other, log in zip(compiled.histogram_rows.tolist(), reference.histogram_rows.tolist(), logs, strict=True):
+        same = (lambda a, b: a == pytest.approx(b, rel=1e-15, abs=1e-13)) if log else (lambda a, b: a == b)
+        assert same(row[:2], other[:2]) and row[2] == other[2]
+        assert row[3:5] == pytest.approx(other[3:5], rel=1e-12)
+        edges = HISTOGRAM_HEAD + HISTOGRAM_BINS
+        assert row[HISTOGRAM_HEAD:edges] == other[HISTOGRAM_HEAD:edges] and same(row[edges:], other[edges:])
+    assert any(logs) and not all(logs)
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu", "linear"])

@@ -101,6 +101,8 @@ def _step_tensors(rng, channels_last: bool):
     before = [w.clone() for w in weights]
     after = [w - t(*w.shape, scale=1e-3) for w in weights]
     grads = [t(*w.shape, scale=1e-4) for w in weights]
+    grads[1].view(-1)[:100] = 0.0  # exact zeros: no logarithm, left out of the log10 |g| histogram
+    grads[2] *= torch.from_numpy(10.0 ** rng.integers(-30, 3, grads[2].shape)).float()  # decades apart
     pres = [t(6, 8, 5, 5), t(6, 16, 3, 3)]
     pres[1][0, 0, 0, 0] = float("nan")  # a NaN: its histogram counts nothing, its percentiles sort it last
     if channels_last:
@@ -142,19 +144,24 @@ def test_a_step_s_statistics_equal_numpy_and_do_not_depend_on_the_thread(channel
     assert inline == pytest.approx(expected, rel=1e-10, nan_ok=True)
     assert _same([inline[tag] for tag in exact], [expected[tag] for tag in exact])
 
-    tensors = {f"preact/layer{i:02d}": p for i, p in enumerate(pres)}
-    tensors |= {f"grad/weight/layer{i:02d}": g for i, g in enumerate(grads)}
+    tensors = {f"preact/layer{i:02d}": wide(p).ravel() for i, p in enumerate(pres)}
+    tensors |= {f"grad/weight/layer{i:02d}": wide(g).ravel() for i, g in enumerate(grads)}
+    # log10 |g| of the nonzero values, as numpy computes it from the float32 gradient
+    tensors |= {f"grad/log10_abs_weight/layer{i:02d}": np.log10(np.abs(wide(g)[g.numpy() != 0]))
+                for i, g in enumerate(grads)}
     assert inline_rows.keys() == tensors.keys()
-    for tag, tensor in tensors.items():
-        values, row = wide(tensor).ravel(), inline_rows[tag]
+    for tag, values in tensors.items():
+        row = inline_rows[tag]
         assert row[2] == values.size
         if np.isnan(values).any():
             assert np.isnan(row[0]) and not row[5:5 + HISTOGRAM_BINS].any()
             continue
         counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
-        assert row[:2].tolist() == [values.min(), values.max()]
+        # log10 from the C library, numpy's may differ in the last bit: extremes and edges to a few ulps
+        same = (lambda a, b: a == pytest.approx(b, rel=1e-15, abs=1e-13)) if "log10" in tag else (lambda a, b: a == b)
+        assert same(row[:2].tolist(), [values.min(), values.max()])
         assert row[5:5 + HISTOGRAM_BINS].tolist() == counts.tolist()
-        assert row[5 + HISTOGRAM_BINS:].tolist() == edges[1:].tolist()
+        assert same(row[5 + HISTOGRAM_BINS:].tolist(), edges[1:].tolist())
         assert row[3:5].tolist() == pytest.approx([values.sum(), (values ** 2).sum()], rel=1e-12)
 
 
@@ -173,6 +180,18 @@ def test_histograms_of_the_widest_float32_range_and_of_infinities():
     counts, edges = np.histogram(wide, bins=HISTOGRAM_BINS, range=(wide.min(), wide.max()))
     assert rows["grad/weight/layer00"][5:].tolist() == counts.tolist() + edges[1:].tolist()
     assert not rows["grad/weight/layer01"][5:5 + HISTOGRAM_BINS].any()  # no finite range to bin: counts 0
+
+
+def test_the_log10_histogram_of_a_gradient_of_zeros_counts_nothing():
+    grads = [torch.zeros(4, 3), torch.tensor([0.0, 1e-30, -1e-2, float("nan")])]
+    _, rows = _measure(grads, [], [], [], [], [], histograms=True)
+    assert not rows["grad/log10_abs_weight/layer00"].any()  # a row of count 0, which the writer leaves out
+    values = np.log10(np.array([1e-30, 1e-2], dtype=np.float32).astype(np.float64))  # NaN is left out too
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
+    row = rows["grad/log10_abs_weight/layer01"]
+    assert row[:3].tolist() == pytest.approx([values.min(), values.max(), 2], rel=1e-15)
+    assert row[5:5 + HISTOGRAM_BINS].tolist() == counts.tolist()
+    assert row[5 + HISTOGRAM_BINS:].tolist() == pytest.approx(edges[1:].tolist(), rel=1e-15, abs=1e-13)
 
 
 def test_without_histograms_or_layers_of_some_kind():
