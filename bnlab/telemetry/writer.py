@@ -37,6 +37,12 @@ SHOWN_FIRST = ("model.activation", "model.depth", "model.init", "norm.name", "tr
 CATEGORY_ORDER = (PROFILE_CATEGORY, "log10", "grad_norm", "update_ratio", "weight_norm", "preact", "act")
 
 
+def as_logged(values: dict[str, float]) -> dict[str, float]:
+    """Each value as the event file holds it (a TensorBoard scalar is a float32): what summary.json reports, so
+    that the two agree to the last bit."""
+    return {tag: float(np.float32(value)) for tag, value in values.items()}
+
+
 class RunWriter:
     """Writes a run's scalars, histograms, text, images, layout and hparams to `run_dir`."""
 

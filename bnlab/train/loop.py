@@ -26,7 +26,7 @@ from bnlab.errors import ConfigError, RunFileError
 from bnlab.models.nets import build_model
 from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
-from bnlab.telemetry.writer import RunWriter
+from bnlab.telemetry.writer import RunWriter, as_logged
 from bnlab.train import checkpoint, distributed, files, lock, summary
 from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
@@ -233,7 +233,7 @@ def _train(cfg, run_dir: Path, overrides, progress, images, stop) -> RunResult:
     try:
         if telemetry is not None:
             telemetry.close()
-            record["metrics"] = dict(telemetry.last)
+            record["metrics"] = as_logged(telemetry.last)
             if telemetry.initial:
                 record["figures"] = gradient_figures(telemetry.initial, telemetry.last)
         if writer is not None:
@@ -270,7 +270,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
 
     progress.start(total, start)
     for step in range(start, total):
-        if step % eval_every == 0:
+        if step % eval_every == 0 and step < total - 1:  # the last step's evaluation follows it
             test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
             telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
             log.info("step %d: loss/test %.4g, acc/test %.4f", step, test_loss, accuracy)
@@ -309,13 +309,14 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
             return "interrupted"
         if record["steps"] % checkpoint_every == 0 and record["steps"] < total:  # the last one comes below
             save_checkpoint(record["steps"])
+    # the trained network's test metrics, logged at the last step as its telemetry is: every series ends there
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
-    telemetry.record(total, {"loss/test": test_loss, "acc/test": accuracy})
+    telemetry.record(total - 1, {"loss/test": test_loss, "acc/test": accuracy})
     telemetry.render_final(total - 1)
     progress.update(total, None, accuracy)
     figures = gradient_figures(telemetry.initial, telemetry.last) if telemetry.initial else {}
     if figures:
-        telemetry.record(total, {f"figures/{name}": value for name, value in figures.items()})
+        telemetry.record(total - 1, {f"figures/{name}": value for name, value in figures.items()})
     save_checkpoint(total)
     return "completed"
 
@@ -323,7 +324,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
 def _save_checkpoint(run_dir: Path, record: dict, telemetry, state: dict) -> None:
     """Checkpoint, then say in summary.json how far the run got: what a kill -9 after this leaves."""
     checkpoint.save(run_dir / checkpoint.CHECKPOINT_NAME, state)
-    record["metrics"] = dict(telemetry.last)
+    record["metrics"] = as_logged(telemetry.last)
     summary.write(run_dir, {**record, "steps": state["step"]})
 
 
