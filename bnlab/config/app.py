@@ -47,8 +47,9 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
 OmegaConf.register_new_resolver("bnlab_dirname", job_dirname, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg) -> str:
+def run_job(cfg) -> str:
+    """One job of `main`: train the run `cfg` describes, in Hydra's job directory. A module-level function, so
+    that a launcher running jobs in other processes (joblib's) pickles it by name, not with this process's state."""
     from bnlab.telemetry.images import ImageLog
     from bnlab.train.loop import train
     from bnlab.train.progress import RichProgress
@@ -82,6 +83,9 @@ def main(cfg) -> str:
     if result.status == "interrupted":
         raise KeyboardInterrupt  # the user asked to stop: end the whole sweep, not just this job
     return result.status
+
+
+main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(run_job)
 
 
 def quiet_file_errors() -> None:

@@ -3,14 +3,17 @@ runs a sequential one does."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import yaml
 from conftest import TINY
+from rich.console import Console
 
 from bnlab.config import parallel
 from bnlab.config.launch import plan, run_hydra
+from bnlab.train.progress import SweepProgress
 
 SWEEP = ["norm=none,bnlab", "train.seed=0,1"]  # four jobs
 
@@ -74,7 +77,10 @@ def test_a_parallel_sweep_trains_the_same_runs_as_a_sequential_one(monkeypatch, 
     monkeypatch.setattr(parallel, "spare_cores", lambda: 2)  # parallel however busy the machine is
     sequential, default = tmp_path / "sequential", tmp_path / "default"
     in_process = run_hydra(plan(["-m", *SWEEP, *TINY, "hydra/launcher=basic", f"hydra.sweep.dir={sequential}"]))
-    in_workers = run_hydra(plan(["-m", *SWEEP, *TINY, f"hydra.sweep.dir={default}"]))
+    # with the one-line progress the CLI passes (it holds a console and its lock, which workers never get)
+    progress = SweepProgress(4, Console(file=io.StringIO()))
+    in_workers = run_hydra(plan(["-m", *SWEEP, *TINY, f"hydra.sweep.dir={default}"]), progress)
+    progress.stop()
     launcher = yaml.safe_load((default / "multirun.yaml").read_text())["hydra"]["launcher"]
     assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
     runs, expected = _summaries(default), _summaries(sequential)
