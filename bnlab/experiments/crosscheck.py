@@ -31,12 +31,9 @@ def cross_check(reference: list[RunData], torch_runs: list[RunData]) -> Claim:
         for a, b in zip(ours.profile("grad_norm/output", 0), theirs.profile("grad_norm/output", 0), strict=False):
             if a > 0 and b > 0:
                 profile_gaps.append(abs(a / b - 1))
-        accuracy = theirs.series("acc/test")
-        if accuracy:
-            step, value = accuracy[-1]
-            mine = ours.at_step("acc/test", step)
-            if mine is not None:
-                accuracy_gaps.append(abs(mine - value))
+        value, mine = theirs.last("acc/test"), _accuracy_after(ours, setting(theirs, "train.steps"))
+        if value is not None and mine is not None:
+            accuracy_gaps.append(abs(mine - value))
     checks = [
         _gap_check(f"step-0 gradient profile, {len(pairs)} matched run{'' if len(pairs) == 1 else 's'} "
                    "(largest relative difference)", profile_gaps, ".1e", PROFILE),
@@ -45,6 +42,14 @@ def cross_check(reference: list[RunData], torch_runs: list[RunData]) -> Claim:
     ]
     return Claim("bnlab's BatchNorm and torch's BatchNorm agree (norm=torch cross-check)",
                  "(bnlab's own check, not a claim of the paper)", checks)
+
+
+def _accuracy_after(run: RunData, updates: int) -> float | None:
+    """The run's test accuracy after `updates` optimizer steps: its final evaluation (logged at its last step)
+    if it ran that many, else the evaluation logged before step `updates`."""
+    if setting(run, "train.steps") == updates:
+        return run.last("acc/test")
+    return run.at_step("acc/test", updates)
 
 
 def _gap_check(what: str, gaps: list[float], spec: str, threshold: Threshold) -> Check:

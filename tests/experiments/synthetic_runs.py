@@ -34,7 +34,7 @@ def make_run(settings: dict, init: list[float], end: list[float] | None = None, 
         if weight is not None:
             scalars[f"grad_norm/weight/{layer}"] = [(0, weight[index])]
     if isinstance(accuracy, float):
-        accuracy = [(0, 0.1), (steps, accuracy)]
+        accuracy = [(0, 0.1), (steps - 1, accuracy)]  # the final evaluation is logged at the last step
     scalars["acc/test"] = list(accuracy)
     scalars.update(extra or {})
     summary = {"status": status, "config": nested(settings), "seed": settings["train.seed"], "steps": steps,

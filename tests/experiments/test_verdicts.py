@@ -231,6 +231,18 @@ def test_cross_check_fails_when_the_layers_disagree():
     assert cross_check(*crosscheck_runs(gap=0.05, accuracy_gap=0.1)).outcome == NOT_HELD
 
 
+def test_a_shorter_cross_check_run_is_compared_after_as_many_steps():
+    """A torch run of 100 steps (its final evaluation logged at step 99) against a bnlab run of 300 steps: the
+    bnlab run's evaluation before step 100 (after 100 updates) is the one to compare, not its final one."""
+    ours = [make_run({"norm.name": "bnlab", "model.depth": 4}, geometric(4, 1.1), steps=300,
+                     accuracy=[(0, 0.1), (100, 0.8), (200, 0.9), (299, 0.95)])]
+    theirs = [make_run({"norm.name": "torch", "model.depth": 4}, geometric(4, 1.1), steps=100, accuracy=0.805)]
+    check = cross_check(ours, theirs).checks[1]
+    assert check.passed and check.measured == "0.005"
+    theirs = [make_run({"norm.name": "torch", "model.depth": 4}, geometric(4, 1.1), steps=100, accuracy=0.95)]
+    assert not cross_check(ours, theirs).checks[1].passed  # 0.15 from the evaluation after 100 steps
+
+
 def test_cross_check_without_matching_runs_is_not_measured():
     ours, theirs = crosscheck_runs(gap=0, accuracy_gap=0)
     theirs[0].summary["config"]["model"]["depth"] = 5
