@@ -101,7 +101,8 @@ def test_resuming_a_run_that_is_still_training_is_refused(tmp_path):
 
 def test_two_sweeps_never_share_a_directory(tmp_path):
     sweep = tmp_path / "sweep"
-    first = start("-m", "train.seed=0,1", *LONG, "train.steps=100000", f"hydra.sweep.dir={sweep}")
+    first = start("-m", "train.seed=0,1", *LONG, "train.steps=100000", "hydra/launcher=basic",
+                  f"hydra.sweep.dir={sweep}")
     wait_for(lambda: any(sweep.glob("*/checkpoint.pt")), first, what="the first job's checkpoint")
     second = run_bnlab("train", f"resume={sweep}")
     assert_one_line(second, 2, f"in use by process {first.pid}")
