@@ -105,6 +105,28 @@ def test_sweep_progress_counts_jobs_and_estimates_the_time_left():
     assert len(line) <= 80
 
 
+def test_a_parallel_sweep_s_line_follows_the_jobs_summary_files(tmp_path):
+    """Jobs in other processes cannot report to the line: it reads their summary.json files."""
+    for name, status, steps in (("0_a", "completed", 100), ("1_b", "running", 25), ("2_c", "failed", 3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": status, "steps": steps,
+                                                                  "total_steps": 100}))
+    (tmp_path / "3_d").mkdir()  # a job not started yet: no summary.json
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    progress = SweepProgress(4, console)
+    progress.watch(tmp_path, every=0.02)
+    deadline = time.monotonic() + 10
+    while "jobs done" not in console.export_text(clear=False) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    progress.stop()
+    stopped = console.export_text(clear=False)
+    line = stopped.strip().splitlines()[-1]
+    assert line.startswith("2 of 4 jobs done") and "1 running" in line and "left" in line
+    assert len(line) <= 80
+    time.sleep(0.1)
+    assert console.export_text(clear=False) == stopped  # nothing drawn after stop
+
+
 # ---------------------------------------------------------------- run directories and Ctrl-C
 
 

@@ -43,6 +43,11 @@ class Launch:
     errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
     note: str | None = None  # what the user should know before it starts (a model that fills the memory)
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the jobs run in this process (Hydra's basic launcher), not in a launcher's workers."""
+        return not any(arg.startswith("hydra/launcher=") and arg != "hydra/launcher=basic" for arg in self.args)
+
 
 def plan(args: list[str]) -> Launch:
     """Expand resume, validate every sweep point, then fix the run or sweep directory and check it is free
@@ -134,6 +139,8 @@ def run_hydra(launch: Launch, progress=None) -> list:
     train_app.SWEEP_PROGRESS = progress
     if progress is not None:
         progress.swept = set(launch.axes)
+        if launch.multirun and not launch.in_process:
+            progress.watch(launch.sweep_dir)  # its jobs cannot report to it: follow their summary.json files
     try:
         _take(launch)
         train_app.main()

@@ -4,11 +4,16 @@
 every job of a sweep (`bnlab train -m`, `bnlab reproduce`): job k of N, the job's step, the time
 elapsed and an estimate of the time left, in place of a bar and a log line per job. Both take the
 calls the training loop makes (`start`, `update`, `stop`); a sweep's jobs make them on `job(label)`.
+Jobs that run in other processes (a parallel sweep) cannot call it: `watch` follows their summary.json
+files instead ('4 of 12 jobs done · 2 running ...').
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -62,6 +67,19 @@ class SweepProgress:
         self._began: float | None = None
         self._progress: Progress | None = None
         self._task = None
+        self._watching: threading.Event | None = None
+        self._lock = threading.Lock()  # the watching thread's line against `stop`
+
+    def watch(self, sweep_dir: Path, every: float = 1.0) -> None:
+        """Follow jobs that run in other processes through their summary.json files in `sweep_dir` (a job
+        writes it as it starts, at each checkpoint and at its end), until `stop`."""
+        stopped = self._watching = threading.Event()
+
+        def follow():
+            while not stopped.wait(every):
+                self._show_jobs(*_jobs_on_disk(sweep_dir))
+
+        threading.Thread(target=follow, name="sweep progress", daemon=True).start()
 
     def job(self, overrides: list[str]) -> SweepProgress._Job:
         """What the next job, run with `overrides`, reports to."""
@@ -71,11 +89,27 @@ class SweepProgress:
 
     def stop(self) -> None:
         """End the line (after the last job, or when the sweep stops early)."""
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        with self._lock:
+            if self._watching is not None:
+                self._watching.set()
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
 
-    def _show(self, index: int, label: str, step: int, total: int) -> None:
+    def _show_jobs(self, done: int, running: int, share: float) -> None:
+        """The line of a parallel sweep: jobs done, jobs running and their share of steps done."""
+        with self._lock:
+            if done + running == 0 or self._watching.is_set():
+                return
+            self._start_line()
+            completed = min(done + share, self.jobs)
+            elapsed = time.monotonic() - self._began
+            left = elapsed / completed * (self.jobs - completed) if completed > 0 else None
+            estimate = f" · ~{duration(left)} left" if left is not None else ""
+            self._progress.update(self._task, completed=completed, job=f"{done} of {self.jobs} jobs done",
+                                  step=f"{running} running", time=f"{duration(elapsed)}{estimate}", label="")
+
+    def _start_line(self) -> None:
         if self._progress is None:
             self._began = self._began or time.monotonic()
             self._progress = Progress(
@@ -85,6 +119,9 @@ class SweepProgress:
                 console=self.console, transient=False)
             self._task = self._progress.add_task("sweep", total=self.jobs, job="", step="", time="", label="")
             self._progress.start()
+
+    def _show(self, index: int, label: str, step: int, total: int) -> None:
+        self._start_line()
         completed = min(index - 1 + (step / total if total else 0.0), self.jobs)
         elapsed = time.monotonic() - self._began
         left = elapsed / completed * (self.jobs - completed) if completed > 0 else None
@@ -107,3 +144,21 @@ class SweepProgress:
 
         def stop(self) -> None:
             """The job is over; the line stays for the next one (`SweepProgress.stop` ends it)."""
+
+
+def _jobs_on_disk(sweep_dir: Path) -> tuple[int, int, float]:
+    """(jobs finished, jobs running, the running jobs' fractions of steps done, summed) from the summary.json
+    of each job directory in `sweep_dir` (written whole by an atomic rename, so never read half-written)."""
+    done = running = 0
+    share = 0.0
+    for path in Path(sweep_dir).glob("*/summary.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "running":
+            running += 1
+            share += record.get("steps", 0) / max(record.get("total_steps") or 1, 1)
+        else:
+            done += 1
+    return done, running, share
