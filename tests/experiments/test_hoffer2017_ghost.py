@@ -35,6 +35,7 @@ def test_held_when_large_batches_lose_and_ghost_batches_win_back_part_of_it():
     verdict = EXPERIMENT.verdict(parts(small=arm(0.70), large=arm(0.60), ghost=arm(0.65)))
     assert outcomes(verdict) == [HELD, HELD]
     assert verdict.claims[1].checks[-1].measured.endswith(": 0.50")  # half the gap closed
+    assert "paired by seed" in verdict.notes[1] and "+0.050" in verdict.notes[1]
     rows = {row[0]: row for row in verdict.tables[0].rows}
     train, gap = rows["large batch, BN"][-2:]
     assert train.startswith("0.900") and gap.startswith("0.300")  # train accuracy, train − test
