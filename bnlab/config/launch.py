@@ -279,7 +279,8 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False, thor
         from bnlab.data.datasets import check_batch_size
         from bnlab.train.loop import resolve_device
 
-        check_batch_size(cfg.data.name, cfg.data.batch_size, synthetic_samples=cfg.data.samples)
+        check_batch_size(cfg.data.name, cfg.data.batch_size, synthetic_samples=cfg.data.samples,
+                         classes_per_batch=cfg.data.classes_per_batch)
         check_fits(cfg, resolve_device(cfg.train.device))
     return cfg
 

@@ -71,6 +71,8 @@ class DataConfig:
     download: bool = False
     dim: int = 64  # synthetic only: input dimension
     samples: int = 4096  # synthetic only: train + test samples
+    # Non-i.i.d. batches (Ioffe 2017): each batch holds batch_size / k samples of each of k classes; null: i.i.d.
+    classes_per_batch: int | None = None
 
 
 @dataclass
@@ -113,6 +115,8 @@ class LogConfig:
     every: int = 50  # a telemetry step costs several plain steps: every 50 keeps the default run within 5%
     hist_every: int = 100
     image_every: int | None = None  # None: about ten images per run
+    # acc/train at every evaluation: eval mode on the whole training set, for the generalization gap
+    train_accuracy: bool = False
     background: bool = True  # measure a step while the next one (if measured) trains, on a compiled thread
     # Opt-in probes at measured steps (bnlab/telemetry/step_probes.py), each extra passes on a copy of the model:
     landscape: bool = False  # loss and gradient along -grad (Santurkar et al. 2018, Figure 4)
@@ -218,6 +222,15 @@ def validate(cfg: Any) -> None:
             "than one value to normalize; use data.batch_size=2 or more, or a norm without batch statistics: "
             "norm=none, layer or group"
         )
+    if data.classes_per_batch is not None:
+        _positive("data.classes_per_batch", data.classes_per_batch)
+        if data.batch_size % data.classes_per_batch:
+            raise ConfigError(
+                f"data.batch_size={data.batch_size} is not a multiple of data.classes_per_batch="
+                f"{data.classes_per_batch}: each batch holds an equal share of each class; use a batch size that "
+                f"{data.classes_per_batch} divides, e.g. data.batch_size="
+                f"{data.batch_size - data.batch_size % data.classes_per_batch or data.classes_per_batch}, "
+                "or data.classes_per_batch=null for i.i.d. batches")
     _positive("data.dim", data.dim)
     _positive("data.samples", data.samples, 20)
     if model.name == "cnn" and data.name not in IMAGE_DATASETS:

@@ -267,59 +267,113 @@ def data_shape(name: str, *, synthetic_dim: int = 64, synthetic_samples: int = 4
     return samples, shape
 
 
-def check_batch_size(name: str, batch_size: int, *, synthetic_samples: int = 4096) -> None:
-    """ConfigError now, before any work, if a batch is larger than the training set."""
+def check_batch_size(name: str, batch_size: int, *, synthetic_samples: int = 4096,
+                     classes_per_batch: int | None = None) -> None:
+    """ConfigError now, before any work, if a batch is larger than the training set or asks for more classes
+    than the data set has."""
     samples, _ = data_shape(name, synthetic_samples=synthetic_samples)
     if batch_size > samples:
         raise ConfigError(f"data.batch_size={batch_size} is larger than the {samples} training samples of "
                           f"data={name}; use data.batch_size={samples} or less")
+    if classes_per_batch is not None and classes_per_batch > NUM_CLASSES:
+        raise ConfigError(f"data.classes_per_batch={classes_per_batch} is more than the {NUM_CLASSES} classes of "
+                          f"data={name}; use data.classes_per_batch={NUM_CLASSES} or less, or null for i.i.d. batches")
+
+
+def check_classes_per_batch(classes_per_batch: int, batch_size: int, class_counts: list[int]) -> None:
+    """ConfigError unless batches of `batch_size` can hold `classes_per_batch` classes in equal shares, given
+    how many training samples each class has (`class_counts`)."""
+    if not 1 <= classes_per_batch <= batch_size or batch_size % classes_per_batch:
+        raise ConfigError(f"data.batch_size={batch_size} cannot hold data.classes_per_batch={classes_per_batch} "
+                          f"classes in equal shares; use a number of classes that divides {batch_size}")
+    share = batch_size // classes_per_batch
+    enough = sum(count >= share for count in class_counts)
+    if enough < classes_per_batch:
+        raise ConfigError(f"data.classes_per_batch={classes_per_batch} with data.batch_size={batch_size} needs "
+                          f"{classes_per_batch} classes of at least {share} training samples each, but only "
+                          f"{enough} of the data set's {len(class_counts)} classes have that many; use "
+                          f"data.classes_per_batch={max(enough, 1)} or less, or a smaller data.batch_size")
 
 
 class BatchSampler:
-    """Random batches of indices, an independent shuffle per epoch; the last incomplete batch is dropped.
+    """Random batches of indices, an independent order per epoch; the last incomplete batch is dropped.
 
-    Epoch e's order is a permutation seeded by (seed, e), so the state is three integers and
+    With `classes_per_batch` = k (and the training `labels`), every batch holds batch_size / k samples of
+    each of k distinct classes (Ioffe 2017, §4.4's non-i.i.d. minibatches: 16 labels, 2 images each): an
+    epoch cuts each class, in a random order, into runs of batch_size / k samples, and each batch draws k
+    classes with probability proportional to the runs they have left, then shuffles its samples. Without it
+    (None), an epoch is one permutation of all samples.
+
+    Epoch e's order is a function of (seed, e) (and the labels), so the state is a few integers and
     `load_state_dict` continues exactly where `state_dict` was taken.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+    def __init__(self, num_samples: int, batch_size: int, seed: int, *, classes_per_batch: int | None = None,
+                 labels: torch.Tensor | None = None) -> None:
         if not 1 <= batch_size <= num_samples:
             raise ConfigError(
                 f"batch_size={batch_size} does not fit {num_samples} training samples; "
                 f"expected 1 <= data.batch_size <= {num_samples}."
             )
+        if classes_per_batch is not None:
+            if labels is None or len(labels) != num_samples:
+                raise ValueError(f"classes_per_batch needs the {num_samples} training labels, got "
+                                 f"{None if labels is None else len(labels)}")
+            check_classes_per_batch(classes_per_batch, batch_size, torch.bincount(labels.cpu()).tolist())
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.classes_per_batch = classes_per_batch
+        self.labels = None if labels is None else labels.cpu()
         self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
+        self._order = self._epoch_order(0)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _generator(self, epoch: int) -> torch.Generator:
         # SeedSequence mixes (seed, epoch) into a well-spread seed: nearby pairs give unrelated orders.
         words = np.random.SeedSequence([self.seed % 2**64, epoch]).generate_state(2, np.uint32)
-        mixed = int(words.view(np.uint64)[0])
-        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(mixed))
+        return torch.Generator().manual_seed(int(words.view(np.uint64)[0]))
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's indices, one batch after another: (num_samples,) or, by classes, (batches * batch_size,)."""
+        generator = self._generator(epoch)
+        order = torch.randperm(self.num_samples, generator=generator)  # (N,)
+        if self.classes_per_batch is None:
+            return order
+        k, run = self.classes_per_batch, self.batch_size // self.classes_per_batch
+        by_class = order[torch.sort(self.labels[order], stable=True).indices]  # (N,) grouped, each class shuffled
+        runs = [list(samples.split(run))[:len(samples) // run]  # a class's remainder sits this epoch out
+                for samples in by_class.split(torch.bincount(self.labels).tolist())]  # class -> its (run,) runs
+        left = torch.tensor([len(class_runs) for class_runs in runs], dtype=torch.float64)  # (classes,)
+        batches = []
+        while int((left > 0).sum()) >= k:
+            classes = torch.multinomial(left, k, replacement=False, generator=generator).tolist()  # k distinct
+            batch = torch.cat([runs[c].pop() for c in classes])  # (batch_size,) class by class
+            batches.append(batch[torch.randperm(self.batch_size, generator=generator)])
+            left[classes] -= 1
+        return torch.cat(batches)  # (batches * batch_size,)
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.num_samples // self.batch_size
+        return len(self._order) // self.batch_size
 
     def next_indices(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.num_samples:
+        if self.position + self.batch_size > len(self._order):
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
+            self._order = self._epoch_order(self.epoch)
         batch = self._order[self.position : self.position + self.batch_size].clone()  # (batch_size,) int64
         self.position += self.batch_size
         return batch
 
     def state_dict(self) -> dict:
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
-                "epoch": self.epoch, "position": self.position}
+                "classes_per_batch": self.classes_per_batch, "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = (state["num_samples"], state["batch_size"], state["seed"])
-        if saved != (self.num_samples, self.batch_size, self.seed):
+        keys = ("num_samples", "batch_size", "seed", "classes_per_batch")
+        saved = tuple(state.get(key) for key in keys)  # a checkpoint older than classes_per_batch: None
+        mine = tuple(getattr(self, key) for key in keys)
+        if saved != mine:
             raise ConfigError(
-                f"the saved data order is for (num_samples, batch_size, seed)={saved}, this run has "
-                f"{(self.num_samples, self.batch_size, self.seed)}; resume with the original data settings."
+                f"the saved data order is for ({', '.join(keys)})={saved}, this run has {mine}; resume with the "
+                "original data settings."
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
+        self._order = self._epoch_order(self.epoch)

@@ -121,6 +121,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return loss, accuracy
 
 
+def train_accuracy(model: torch.nn.Module, data, enabled: bool) -> dict[str, float]:
+    """{"acc/train": accuracy on the whole training set in eval mode} with log.train_accuracy, else {}: beside
+    acc/test it gives the generalization gap, measured as the test set is."""
+    return {"acc/train": evaluate(model, data.x_train, data.y_train)[1]} if enabled else {}
+
+
 def train(cfg, run_dir: Path, overrides: list[str] | None = None, progress=None, images=None,
           hold_lock: bool = True) -> RunResult:
     """Train the run `cfg` describes in `run_dir`, continuing its checkpoint if `cfg.resume` is set.
@@ -181,7 +187,8 @@ def _train(cfg, run_dir: Path, overrides, progress, images, stop) -> RunResult:
             model = model.to(memory_format=torch.channels_last)
             data = data.to_memory_format(torch.channels_last)
         optimizer = build_optimizer(cfg.optim, model)
-        sampler = BatchSampler(len(data.x_train), cfg.data.batch_size, seed=cfg.train.seed)
+        sampler = BatchSampler(len(data.x_train), cfg.data.batch_size, seed=cfg.train.seed,
+                               classes_per_batch=cfg.data.classes_per_batch, labels=data.y_train)
         training_model, sampler = distributed.prepare(cfg, model, sampler)  # DDP and a shard with nproc > 1
         state = checkpoint.load(checkpoint_path) if resuming and checkpoint_path.exists() else None
         start = state["step"] if state else 0
@@ -261,6 +268,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
     params = list(model.parameters())
     finite_check = FiniteCheck(data.x_train.device)
     accuracy = None
+    on_train_set = cfg.log.train_accuracy
 
     def loss_of(net, x, y):  # the training objective, which telemetry's opt-in probes evaluate on copies of net
         loss = F.cross_entropy(net(x), y)
@@ -272,7 +280,8 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
     for step in range(start, total):
         if step % eval_every == 0 and step < total - 1:  # the last step's evaluation follows it
             test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
-            telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy})
+            telemetry.record(step, {"loss/test": test_loss, "acc/test": accuracy,
+                                    **train_accuracy(model, data, on_train_set)})
             log.info("step %d: loss/test %.4g, acc/test %.4f", step, test_loss, accuracy)
         due = telemetry.due(step)
         if due:
@@ -311,7 +320,8 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
             save_checkpoint(record["steps"])
     # the trained network's test metrics, logged at the last step as its telemetry is: every series ends there
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
-    telemetry.record(total - 1, {"loss/test": test_loss, "acc/test": accuracy})
+    telemetry.record(total - 1, {"loss/test": test_loss, "acc/test": accuracy,
+                                 **train_accuracy(model, data, on_train_set)})
     telemetry.render_final(total - 1)
     progress.update(total, None, accuracy)
     figures = gradient_figures(telemetry.initial, telemetry.last) if telemetry.initial else {}
