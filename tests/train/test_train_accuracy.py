@@ -15,7 +15,7 @@ def test_acc_train_is_the_eval_mode_accuracy_on_the_whole_training_split(tmp_pat
     result = train_in_process(tmp_path / "run", *overrides)
     assert result.status == "completed", result.error
     logged = scalars(tmp_path / "run")
-    assert [step for step, _ in logged["acc/train"]] == [step for step, _ in logged["acc/test"]] == [0, 5, 10, 12]
+    assert [step for step, _ in logged["acc/train"]] == [step for step, _ in logged["acc/test"]] == [0, 5, 10, 11]
 
     cfg = compose(*overrides)
     data = load_dataset(cfg.data.name, seed=cfg.train.seed, flatten=True)
