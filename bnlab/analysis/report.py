@@ -268,7 +268,7 @@ def _note(run: RunData) -> str | None:
         return None
     total = run.summary.get("total_steps", "?")
     if status == "running":  # summary.json is rewritten only at the end: the event files say how far it got
-        at = f"last record at step {run.last_step}/{total}"
+        at = f"records through step {run.last_step} of steps 0-{total - 1 if isinstance(total, int) else total}"
     else:
         at = f"at step {run.summary.get('steps', '?')}/{total}"
     where = f"`{run.path}` ({run.label}, seed {run.seed}): {NOT_DONE.get(status, status)}, {at}"

@@ -168,7 +168,7 @@ def test_report_writes_every_figure_as_a_png_and_report_md_embeds_them(runs, rep
 def test_unfinished_diverged_and_damaged_runs_are_reported_as_such(runs, report):
     notes = "\n".join(report.notes)
     assert f"`{runs['live'].resolve()}`" in notes and "unfinished (status running" in notes
-    assert "last record at step 30/30" in notes  # from the event files: its summary.json says 20 steps
+    assert "records through step 29 of steps 0-29" in notes  # from the event files: its summary.json says 20 steps
     assert f"`{runs['diverged'].resolve()}`" in notes and "diverged, at step 2/30" in notes
     assert len(report.notes) == 2
     assert any(str(runs["damaged"].resolve()) in w and "damaged" in w for w in report.warnings)
