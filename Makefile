@@ -51,7 +51,7 @@ test: $(STAMP) lint
 
 # The slow tests (non-editable install, full-size checks); CI runs them too.
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -n 2 -m slow
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_bn.py

@@ -17,6 +17,7 @@ from bnlab.bench.targets import bench_loop, bench_telemetry, machine
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_telemetry_and_loop_benches_measure_each_target_side_by_side():
     rows = bench_telemetry(steps=12, repeats=1) + bench_loop(steps=12, repeats=1)
     assert [(row.group, row.target) for row in rows] == [("telemetry", "<= 5%"), ("telemetry", "<= 50%"),
@@ -54,6 +55,7 @@ def test_bench_cli_rejects_an_unknown_benchmark_by_name():
     assert result.returncode == 2 and "speed" in result.stderr and "telemetry" in result.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_the_measurement_scripts_run(tmp_path):
     for script, args in (("telemetry_costs.py", ["train.steps=12", "model.depth=3"]),
                          ("bench_channels_last.py", ["--repeats", "1", "--steps", "1"])):

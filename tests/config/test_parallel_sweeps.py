@@ -73,6 +73,7 @@ def _summaries(sweep) -> dict:
     return summaries
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_parallel_sweep_trains_the_same_runs_as_a_sequential_one(monkeypatch, tmp_path):
     monkeypatch.setattr(parallel, "spare_cores", lambda: 2)  # parallel however busy the machine is
     sequential, default = tmp_path / "sequential", tmp_path / "default"

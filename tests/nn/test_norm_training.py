@@ -98,6 +98,7 @@ def test_each_variant_trains_otherwise_than_batchnorm(tmp_path):
             assert ours[0] == reference[0]
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_noisy_run_interrupted_by_the_cli_and_resumed_equals_the_uninterrupted_one(tmp_path):
     long = ["model.depth=3", "model.width=16", "train.steps=1000", "log.every=20", "train.eval_every=500",
             "train.checkpoint_every=50", "data.batch_size=32", "log.hist_every=1000", "norm=noisy"]

@@ -49,7 +49,7 @@ def _assert_identical(a, b, where: str) -> None:
         assert a == b, where
 
 
-@pytest.fixture(scope="module", params=list(LOGGING))
+@pytest.fixture(scope="module", params=["sparse", pytest.param("every-step", marks=pytest.mark.slow)])
 def uninterrupted(request, tmp_path_factory):
     """(logging, the run directory of an uninterrupted run with it)."""
     run_dir = tmp_path_factory.mktemp(f"uninterrupted-{request.param}") / "run"

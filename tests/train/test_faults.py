@@ -127,6 +127,7 @@ def test_stopping_bnlab_tb_stops_tensorboard(one_good_run, signum):
             process.kill()
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_damaged_compiled_library_is_rebuilt_instead_of_crashing(tmp_path):
     if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler: the compiled loops are not used here")

@@ -129,7 +129,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, signum):
     run_dir = tmp_path / "run"
     process = _start(run_dir, "norm=torch")
@@ -148,6 +148,7 @@ def test_signal_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted,
     _same_run(uninterrupted, run_dir)
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = _start(run_dir, "norm=torch", "train.checkpoint_every=200")

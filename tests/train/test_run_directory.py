@@ -130,7 +130,7 @@ def test_kill_9_leaves_the_steps_of_the_last_checkpoint_and_a_lock_the_next_proc
     assert read_summary(run_dir)["status"] == "completed"
 
 
-@pytest.mark.parametrize("moment", ["set-up", "start"])
+@pytest.mark.parametrize("moment", [pytest.param("set-up", marks=pytest.mark.slow), "start"])
 def test_an_early_ctrl_c_ends_interrupted_and_the_run_can_go_on(tmp_path, moment):
     """Ctrl-C while the data are generated (summary.json exists, no step yet), or as soon as the directory is
     locked (Hydra starting up): exit 130 without a traceback, and never a summary left `running`."""
