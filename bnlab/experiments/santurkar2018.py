@@ -69,37 +69,63 @@ def mean_accuracy(run: RunData) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def layer_series(run: RunData, family: str) -> dict[str, list[tuple[int, float]]]:
-    """{layer: [(step, value)]} of a per-layer probe family, e.g. covariate_shift/l2."""
-    prefix = f"{family}/"
-    return {tag[len(prefix):]: values for tag, values in sorted(run.scalars.items()) if tag.startswith(prefix)}
+Window = tuple[int, int] | None  # (first step, last step) of the measured steps to use; None: all of them
 
 
-def shift_l2(run: RunData) -> float | None:
-    """||G − G'|| over every layer the probe logs and every measured step, geometric mean (it spans decades
-    across layers and over training); 0 when one of them is exactly 0."""
-    values = [v for series in layer_series(run, L2).values() for _, v in series if math.isfinite(v)]
+def in_window(step: int, window: Window) -> bool:
+    return window is None or window[0] <= step <= window[1]
+
+
+def halves(runs: list[RunData]) -> list[tuple[str, Window]]:
+    """The two halves of training, as (name, window)."""
+    total = int(max(values_of(runs, "train.steps"), default=0))
+    middle = total // 2
+    return [(f"steps 0–{middle - 1}", (0, middle - 1)), (f"steps {middle}–{total}", (middle, total))]
+
+
+def geometric_mean(values: list[float]) -> float | None:
+    """Of the finite values: None when there are none, 0 when one of them is 0 (nothing changed there, which is
+    the smallest value possible, not a missing one)."""
+    values = [value for value in values if math.isfinite(value)]
     if not values:
         return None
     if min(values) <= 0:
         return 0.0
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    return math.exp(sum(math.log(value) for value in values) / len(values))
 
 
-def shift_cosine(run: RunData) -> float | None:
+def layer_series(run: RunData, family: str, window: Window = None) -> dict[str, list[tuple[int, float]]]:
+    """{layer: [(step, value)]} of a per-layer probe family, e.g. covariate_shift/l2, at the steps in `window`."""
+    prefix = f"{family}/"
+    return {tag[len(prefix):]: [(step, value) for step, value in values if in_window(step, window)]
+            for tag, values in sorted(run.scalars.items()) if tag.startswith(prefix)}
+
+
+def shift_l2(run: RunData, window: Window = None) -> float | None:
+    """||G − G'|| over every layer the probe logs and every measured step, geometric mean (it spans decades
+    across layers and over training)."""
+    return geometric_mean([v for series in layer_series(run, L2, window).values() for _, v in series])
+
+
+def shift_cosine(run: RunData, window: Window = None) -> float | None:
     """cos(G, G') over every layer the probe logs and every measured step, arithmetic mean."""
-    values = [v for series in layer_series(run, COSINE).values() for _, v in series if math.isfinite(v)]
+    values = [v for series in layer_series(run, COSINE, window).values() for _, v in series if math.isfinite(v)]
     return sum(values) / len(values) if values else None
 
 
-def relative_shift(run: RunData) -> float | None:
+def relative_shift(run: RunData, window: Window = None) -> float | None:
     """||G − G'|| / ||G||, ||G|| from grad_norm/weight of the same layer and step: the shift on the scale of the
     gradient itself (the two arms' gradients differ in size); geometric mean as for `shift_l2`."""
     ratios = []
-    for layer, series in layer_series(run, L2).items():
+    for layer, series in layer_series(run, L2, window).items():
         norms = dict(run.series(f"grad_norm/weight/{layer}"))
         ratios += [value / norms[step] for step, value in series if norms.get(step, 0) > 0 and value > 0]
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    return geometric_mean(ratios)
+
+
+def training_loss(run: RunData, window: Window = None) -> float | None:
+    """The training loss at the measured steps in `window`, geometric mean: where training has got to."""
+    return geometric_mean([value for step, value in run.series("loss/train") if in_window(step, window)])
 
 
 def shift_over_training(run: RunData, family: str, geometric: bool) -> list[tuple[int, float]]:
@@ -145,7 +171,7 @@ def _ratio(bn: Stat | None, plain: Stat | None) -> Stat | None:
 def verdict(parts: Parts) -> Verdict:
     runs = parts.get("main", [])
     ran = largest(runs, "train.steps")
-    as_well, far_better, shift, rows, layer_rows = [], [], [], [], []
+    as_well, far_better, shift, rows, layer_rows, phase_rows = [], [], [], [], [], []
     for lr in values_of(runs, "optim.lr"):
         arms = {norm: select(runs, norm__name=norm, optim__lr=lr) for norm in ARMS}
         at = f"lr {formatting.number(lr, 'g')}"
@@ -172,6 +198,9 @@ def verdict(parts: Parts) -> Verdict:
                                                                     ".3g"),
                   formatting.stat(cosine[norm], ".3f")] for norm, group in arms.items() if group]
         layer_rows += _per_layer_rows(at, arms)
+        phase_rows += [[formatting.number(lr, "g"), name, f"{ARM_LABELS[norm]} (norm={norm})",
+                        *_phase_cells(group, window)]
+                       for name, window in halves(runs) for norm, group in arms.items() if group]
     claims = [
         Claim("With noisy BatchNorm (each unit's distribution moved at every step) the network trains about as "
               "well as with BatchNorm", "Santurkar et al. (2018), §2.1, Figure 2: 'the performance difference "
@@ -188,6 +217,10 @@ def verdict(parts: Parts) -> Verdict:
                     "layer and measured step: ||G − G'|| and ||G − G'|| / ||G|| geometric, cos arithmetic)",
                     ["lr", "arm", "n", "final test acc", "mean test acc over training", "||G − G'||",
                      "||G − G'|| / ||G||", "cos(G, G')"], rows),
+              Table("by half of training (descriptive, not part of the verdict, which judges all of training as fixed "
+                    "before the runs): training loss and covariate shift at the measured steps of each half",
+                    ["lr", "half", "arm", "training loss", "||G − G'||", "||G − G'|| / ||G||", "cos(G, G')"],
+                    phase_rows),
               Table("covariate shift per layer (mean over measured steps and seeds)",
                     ["lr", "layer", *(f"{ARM_LABELS[norm]}: ||G − G'||" for norm in ARMS),
                      *(f"{ARM_LABELS[norm]}: cos" for norm in ARMS)], layer_rows)]
@@ -196,6 +229,16 @@ def verdict(parts: Parts) -> Verdict:
              "(the verdict compares BatchNorm with no BatchNorm, as the paper's Figure 3 does).",
              *diverged_notes(runs)]
     return Verdict(claims, tables, notes)
+
+
+def _phase_cells(runs: list[RunData], window: Window) -> list[str]:
+    """Training loss, ||G − G'||, ||G − G'|| / ||G|| (geometric means) and cos(G, G') over `window`."""
+    def within(measure):
+        return lambda run: measure(run, window)
+    return [formatting.stat(across(runs, within(training_loss), geometric=True), ".3g"),
+            formatting.stat(across(runs, within(shift_l2), geometric=True), ".3g"),
+            formatting.stat(across(runs, within(relative_shift), geometric=True), ".3g"),
+            formatting.stat(across(runs, within(shift_cosine)), ".3f")]
 
 
 def diverged_notes(runs: list[RunData]) -> list[str]:
@@ -319,7 +362,7 @@ EXPERIMENT = Experiment(
     claim="BatchNorm does not help by reducing internal covariate shift: with noise that moves every unit's "
           "distribution at every step the network trains as well as with BatchNorm, far better than without, "
           "and BatchNorm does not make a layer's gradient change less when the layers below it are updated",
-    minutes=5, quick_seconds=30,
+    minutes=2.3, quick_seconds=30,
     parts=(Part(name="main", config="santurkar2018", quick=QUICK, arms={"norm": ARMS}),
            Part(name="torch", config="santurkar2018", quick=QUICK, fixed=("norm=torch", "train.seed=0"),
                 cross_check_of="main")),

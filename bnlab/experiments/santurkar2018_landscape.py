@@ -18,7 +18,7 @@ from bnlab.analysis.aggregate import mean_series
 from bnlab.analysis.readback import RunData
 from bnlab.experiments.experiment import Experiment, Part
 from bnlab.experiments.measures import Parts, across, final_accuracy, largest, listed, seeds, select, values_of
-from bnlab.experiments.santurkar2018 import diverged_notes
+from bnlab.experiments.santurkar2018 import Window, diverged_notes, geometric_mean, halves, in_window
 from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict
 from bnlab.telemetry import plots
 from bnlab.telemetry.landscape import TAGS
@@ -51,16 +51,10 @@ ARMS = ("none", "bnlab")
 ARM_LABELS = {"none": "no BN", "bnlab": "BN"}
 
 
-def over_training(tag: str):
-    """A measure: the geometric mean of `tag` over the run's measured steps (the quantities span decades)."""
-    def measure(run: RunData) -> float | None:
-        values = [value for _, value in run.series(tag) if math.isfinite(value)]
-        if not values:
-            return None
-        if min(values) <= 0:
-            return 0.0
-        return math.exp(sum(math.log(value) for value in values) / len(values))
-    return measure
+def over_training(tag: str, window: Window = None):
+    """A measure: the geometric mean of `tag` over the run's measured steps in `window` (the quantities span
+    decades)."""
+    return lambda run: geometric_mean([value for step, value in run.series(tag) if in_window(step, window)])
 
 
 def fraction_lower(bn: list[RunData], plain: list[RunData], tag: str) -> float | None:
@@ -96,7 +90,7 @@ def verdict(parts: Parts) -> Verdict:
     runs = parts.get("main", [])
     ran = largest(runs, "train.steps")
     checks: dict[str, list[Check]] = {tag: [] for tag in QUANTITIES}
-    rows = []
+    rows, phase_rows = [], []
     for lr in values_of(runs, "optim.lr"):
         at = f"lr {formatting.number(lr, 'g')}"
         bn, plain = select(runs, norm__name="bnlab", optim__lr=lr), select(runs, norm__name="none", optim__lr=lr)
@@ -107,11 +101,19 @@ def verdict(parts: Parts) -> Verdict:
                   *(formatting.stat(across(group, over_training(tag), True), ".3g") for tag in QUANTITIES),
                   formatting.stat(across(group, final_accuracy), ".3f")]
                  for norm, group in (("none", plain), ("bnlab", bn)) if group]
+        phase_rows += [[formatting.number(lr, "g"), name, f"{ARM_LABELS[norm]} (norm={norm})",
+                        *(formatting.stat(across(group, over_training(tag, window), True), ".3g")
+                          for tag in ("loss/train", *QUANTITIES))]
+                       for name, window in halves(runs) for norm, group in (("none", plain), ("bnlab", bn)) if group]
     claims = [Claim(claim, paper, checks[tag]) for tag, (_, claim, paper) in QUANTITIES.items()]
     table = Table("per learning rate and arm: each quantity's geometric mean over the measured steps (geometric "
                   "mean across seeds ×/÷ 95% factor), and the final test accuracy",
                   ["lr", "arm", "n", "loss range", "gradient predictiveness", "effective β", "final test acc"], rows)
-    return Verdict(claims, [table], diverged_notes(runs))
+    phases = Table("by half of training (descriptive, not part of the verdict, which judges all of training as fixed "
+                   "before the runs): geometric means over the measured steps of each half",
+                   ["lr", "half", "arm", "training loss", "loss range", "gradient predictiveness", "effective β"],
+                   phase_rows)
+    return Verdict(claims, [table, phases], diverged_notes(runs))
 
 
 def _band(runs: list[RunData], tag: str) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -198,7 +200,7 @@ EXPERIMENT = Experiment(
     paper="Santurkar, Tsipras, Ilyas & Madry 2018, §3.1 (Figure 4)",
     claim="BatchNorm makes the loss landscape smoother: along the gradient the loss varies less, the gradient "
           "changes less (it is more predictive), and the effective β-smoothness is smaller",
-    minutes=5, quick_seconds=30,
+    minutes=1.9, quick_seconds=22,
     parts=(Part(name="main", config="santurkar2018_landscape", quick=QUICK, arms={"norm": ARMS}),
            Part(name="torch", config="santurkar2018_landscape", quick=QUICK, fixed=("norm=torch", "train.seed=0"),
                 cross_check_of="main")),

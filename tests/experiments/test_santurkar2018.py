@@ -11,7 +11,14 @@ from synthetic_runs import make_run, outcomes
 
 from bnlab.experiments import santurkar2018
 from bnlab.experiments.reproduce import reproduce
-from bnlab.experiments.santurkar2018 import mean_accuracy, relative_shift, shift_cosine, shift_l2
+from bnlab.experiments.santurkar2018 import (
+    halves,
+    mean_accuracy,
+    relative_shift,
+    shift_cosine,
+    shift_l2,
+    training_loss,
+)
 from bnlab.experiments.verdict import HELD, INCOMPLETE, NOT_APPLICABLE, NOT_HELD, NOT_MEASURED, PARTLY
 
 STEPS = (0, 100, 200, 300, 400)
@@ -54,7 +61,7 @@ def test_the_claims_hold_when_noisy_bn_trains_like_bn_far_above_no_bn_and_bn_has
     assert "ratio" not in verdict.claims[2].checks[0].measured and verdict.claims[2].checks[0].measured == "1.3"
     assert [row[1] for row in verdict.tables[0].rows] == ["no BN (norm=none)", "BN (norm=bnlab)",
                                                           "noisy BN (norm=noisy)"]
-    assert [row[1] for row in verdict.tables[1].rows] == list(LAYERS)
+    assert [row[1] for row in verdict.tables[2].rows] == list(LAYERS)
     assert not verdict.notes[1:]  # no run diverged
 
 
@@ -116,6 +123,31 @@ def test_measures_against_direct_computations():
     assert shift_l2(run) == 0.0  # a layer whose gradient did not change at all: no shift, not a missing value
     del run.scalars["grad_norm/weight/layer03"]
     assert relative_shift(run) == pytest.approx(1.0)  # layer03 has no ||G||: left out, the others still 1
+
+
+def test_the_halves_of_training_are_measured_apart():
+    every_run = runs(**HOLDS)
+    run = every_run[0]  # no BN, seed 0: ||G - G'|| 1, 2, 4 per layer, from step 250 on 100 times smaller
+    for layer in LAYERS:
+        tag = f"covariate_shift/l2/{layer}"
+        run.scalars[tag] = [(step, value / 100 if step >= 250 else value) for step, value in run.scalars[tag]]
+    run.scalars["loss/train"] = [(step, 1.0 if step < 250 else 0.01) for step in STEPS]
+    assert halves([run]) == [("steps 0–249", (0, 249)), ("steps 250–500", (250, 500))]
+    assert shift_l2(run, (0, 249)) == pytest.approx(2.0)
+    assert shift_l2(run, (250, 500)) == pytest.approx(0.02)
+    assert shift_l2(run) == pytest.approx(2.0 * 0.01 ** (2 / 5))  # steps 300 and 400 of the five are in the second
+    assert relative_shift(run, (250, 500)) == pytest.approx(0.01)
+    assert training_loss(run, (0, 249)) == 1.0 and training_loss(run, (250, 500)) == pytest.approx(0.01)
+    assert shift_cosine(run, (250, 500)) == pytest.approx(0.90)
+    phases = santurkar2018.verdict({"main": every_run}).tables[1]
+    assert [row[1:3] for row in phases.rows[:4]] == [["steps 0–249", "no BN (norm=none)"],
+                                                     ["steps 0–249", "BN (norm=bnlab)"],
+                                                     ["steps 0–249", "noisy BN (norm=noisy)"],
+                                                     ["steps 250–500", "no BN (norm=none)"]]
+    assert phases.rows[0][3] == "1" and phases.rows[3][3] == "0.01"  # only seed 0 has a training loss
+    # no BN's ||G - G'||: seeds x 1, 1.02, 1.04 in the first half; seed 0 x 0.01 in the second
+    first, second = 2 * (1.02 * 1.04) ** (1 / 3), (0.02 * 2 * 1.02 * 2 * 1.04) ** (1 / 3)
+    assert phases.rows[0][4].startswith(f"{first:.3g} ×/÷") and phases.rows[3][4].startswith(f"{second:.3g} ×/÷")
 
 
 def test_a_quick_reproduction_runs_the_three_arms_with_the_probe_and_judges_them(tmp_path):

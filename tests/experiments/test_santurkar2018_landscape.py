@@ -57,6 +57,13 @@ def test_smoother_at_one_learning_rate_and_rougher_at_the_other_is_partly_held()
     assert verdict.claims[2].checks[3].what.startswith("lr 0.2, effective β-smoothness")
     assert [row[:2] for row in verdict.tables[0].rows] == [["0.1", "no BN (norm=none)"], ["0.1", "BN (norm=bnlab)"],
                                                            ["0.2", "no BN (norm=none)"], ["0.2", "BN (norm=bnlab)"]]
+    phases = verdict.tables[1]  # per rate, per half, per arm
+    assert [row[:3] for row in phases.rows[:4]] == [["0.1", "steps 0–249", "no BN (norm=none)"],
+                                                    ["0.1", "steps 0–249", "BN (norm=bnlab)"],
+                                                    ["0.1", "steps 250–500", "no BN (norm=none)"],
+                                                    ["0.1", "steps 250–500", "BN (norm=bnlab)"]]
+    bn_first_half = 0.3 * math.exp(sum(-math.log(1 + s / 100) for s in STEPS if s <= 249) / 5)
+    assert phases.rows[1][4].startswith(f"{bn_first_half * (1.03 * 1.06) ** (1 / 3):.3g} ×/÷")
 
 
 def test_lower_on_average_but_not_over_most_of_training_is_partly_held():
@@ -80,8 +87,11 @@ def test_measures_against_direct_computations():
     bn, plain = runs(bn_scale=0.3)[3:], runs(bn_scale=0.3)[:3]
     assert landscape.fraction_lower(bn, plain, "landscape/loss_range") == 1.0
     assert landscape.fraction_lower(plain, bn, "landscape/loss_range") == 0.0
+    first_half = math.exp(sum(-math.log(1 + s / 100) for s in STEPS if s <= 249) / 5)
+    assert landscape.over_training("landscape/beta_smoothness", (0, 249))(run) == pytest.approx(first_half)
     run.scalars["landscape/loss_range"][0] = (0, 0.0)
     assert landscape.over_training("landscape/loss_range")(run) == 0.0
+    assert landscape.over_training("landscape/loss_range", (250, 500))(run) > 0  # step 0 is in the first half
 
 
 def test_a_quick_reproduction_runs_both_arms_with_the_probe_and_judges_them(tmp_path):
