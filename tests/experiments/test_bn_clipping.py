@@ -14,6 +14,7 @@ from bnlab.experiments.reproduce import reproduce
 from bnlab.experiments.verdict import HELD, INCOMPLETE, NOT_APPLICABLE, NOT_HELD, NOT_MEASURED, PARTLY
 
 RATES = (0.1, 0.316, 1.0, 3.16, 10.0)
+LAMBDA = {"optim.adaptive_clip": 0.01}
 
 
 def arm(norm: str, trains_to: float | None, diverges_from: float | None = None, accuracy: float = 0.95,
@@ -37,8 +38,8 @@ def parts(clip_plain=(1.0, None), adaptive_plain=(3.16, None), clip_bn=(1.0, Non
     return {
         "no_clip": arm("none", 0.1, 0.316, steps=steps) + arm("bnlab", 1.0, steps=steps),
         "clip": arm("none", *clip_plain, steps=steps) + arm("bnlab", clip_bn[0], clip_bn[1], clip_bn[2], steps=steps),
-        "adaptive": (arm("none", *adaptive_plain, steps=steps)
-                     + arm("bnlab", adaptive_bn[0], adaptive_bn[1], adaptive_bn[2], steps=steps)),
+        "adaptive": (arm("none", *adaptive_plain, steps=steps, **LAMBDA)
+                     + arm("bnlab", adaptive_bn[0], adaptive_bn[1], adaptive_bn[2], steps=steps, **LAMBDA)),
     }
 
 
@@ -51,6 +52,8 @@ def test_clipping_that_gives_what_batchnorm_gives_and_changes_nothing_with_it_is
     assert len(verdict.tables[0].rows) == len(RATES)
     assert verdict.tables[0].rows[1][1] == "0.080 ± 0 (2/2 diverged)"  # no BN, no clipping, lr 0.316
     assert verdict.tables[0].rows[1][4].endswith("✓")  # BN trains at 0.316
+    assert verdict.notes == ["Adaptive clipping bounds the step at every rate: each unit moves by at most lr × λ of "
+                             "its norm a step, 0.001 at lr 0.1."]
 
 
 def test_clipping_that_does_not_stop_the_divergence_is_not_held():
@@ -71,6 +74,8 @@ def test_clipping_that_changes_batchnorms_accuracy_or_range_is_found():
     assert [check.passed for check in verdict.claims[2].checks] == [True, True, False, False]
     assert verdict.claims[2].checks[2].measured.count("(lr ") == 3  # the rates where unclipped BN trains
     assert verdict.claims[2].checks[3].measured == "3.16 vs 1 unclipped"
+    assert verdict.notes[0] == ("With BatchNorm, adaptive clipping trains at 3.16, beyond unclipped BatchNorm's "
+                                "largest training rate (1).")
 
 
 def test_a_missing_part_is_not_measured_and_a_short_budget_not_applicable():

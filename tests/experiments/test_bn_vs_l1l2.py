@@ -34,7 +34,7 @@ def run(with_bn: bool, reg: str, seed: int, norm_end: float, lr_end: float, accu
                                                   for s in measured]
         extra[f"update_ratio/layer{index:02d}"] = [(s, 1e-3 * scale * (1 + (end_lr - 1) * s / (steps - 1)))
                                                    for s in measured]
-    settings = {"norm.name": "bnlab" if with_bn else "none", "train.seed": seed,
+    settings = {"norm.name": "bnlab" if with_bn else "none", "train.seed": seed, "optim.lr": 0.1,
                 "optim.weight_decay": 5e-3 if reg == "l2" else 0.0, "optim.l1": 6.25e-4 if reg == "l1" else 0.0}
     return make_run(settings, [1.0, 1.0, 1.0], accuracy=accuracy + 0.002 * seed, steps=steps, extra=extra)
 
@@ -65,6 +65,8 @@ def test_the_claims_hold_where_the_runs_behave_as_van_laarhoven_predicts():
     assert outcomes(verdict) == [HELD, HELD, HELD, HELD]
     assert verdict.claims[0].checks[1].measured.startswith("0.462")  # 0.6 / 1.3
     assert len(verdict.tables[0].rows) == 6 and len(verdict.tables[1].rows) == 4
+    assert verdict.claims[0].checks[0].measured.startswith("1.3 ×/÷")  # BN without a penalty: ||W|| grows
+    assert len(verdict.notes) == 1 and "ηλ = 0.0005 of its norm" in verdict.notes[0]
     bn_l2 = verdict.tables[1].rows[3]
     assert bn_l2[:2] == ["BN", "L2"] and float(bn_l2[5]) == pytest.approx(1 / (0.6 / 1.3) ** 2, rel=1e-2)
 
@@ -86,6 +88,7 @@ def test_a_missing_part_is_not_measured_and_a_short_run_not_applicable():
     assert verdict.claims[2].checks[0].measured == "not measured"
     assert outcomes(bn_vs_l1l2.verdict(parts(steps=100))) == [NOT_APPLICABLE] * 4
     assert outcomes(bn_vs_l1l2.verdict({})) == [NOT_MEASURED] * 4
+    assert bn_vs_l1l2.verdict({"none": parts()["none"]}).notes == []  # nothing decayed: no decay share to state
 
 
 def test_a_quick_reproduction_measures_norms_and_update_ratios_of_every_arm(tmp_path):
