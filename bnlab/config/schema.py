@@ -83,6 +83,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     l1: float = 0.0
     grad_clip: float | None = None
+    # Adaptive gradient clipping (Brock et al. 2021): each unit's gradient at most this times its weights' norm
+    adaptive_clip: float | None = None
 
 
 @dataclass
@@ -245,6 +247,10 @@ def validate(cfg: Any) -> None:
     _positive("optim.l1", optim.l1, 0)
     if optim.grad_clip is not None:
         _positive("optim.grad_clip", optim.grad_clip, 0, strict=True)
+    if optim.adaptive_clip is not None and not optim.adaptive_clip > 0:
+        raise ConfigError(f"optim.adaptive_clip={optim.adaptive_clip} is out of range; expected a clipping threshold "
+                          "> 0 (lambda of Brock et al. 2021: a unit's gradient is clipped to lambda times its weights' "
+                          "norm, e.g. 0.01), or null for no adaptive clipping")
     _positive("train.steps", train.steps)
     if not 0 <= train.seed < 2**32:  # what numpy's and torch's generators accept
         raise ConfigError(f"train.seed={train.seed} is out of range; expected 0 <= train.seed < 2**32")

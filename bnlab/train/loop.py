@@ -27,7 +27,7 @@ from bnlab.models.nets import build_model
 from bnlab.telemetry.figures import gradient_figures
 from bnlab.telemetry.recorder import Telemetry
 from bnlab.telemetry.writer import RunWriter, as_logged
-from bnlab.train import checkpoint, distributed, files, lock, summary
+from bnlab.train import checkpoint, clipping, distributed, files, lock, summary
 from bnlab.train.card import config_text, run_card
 from bnlab.train.interrupt import stop_on_signals
 
@@ -265,6 +265,7 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
     # config values read once: an OmegaConf attribute read costs ~40 us, a step of a small model ~3 ms
     total, on_divergence, eval_every = cfg.train.steps, cfg.train.on_divergence, cfg.train.eval_every
     checkpoint_every, l1, grad_clip = cfg.train.checkpoint_every, cfg.optim.l1, cfg.optim.grad_clip
+    adaptive_clip = cfg.optim.adaptive_clip
     params = list(model.parameters())
     finite_check = FiniteCheck(data.x_train.device)
     accuracy = None
@@ -293,6 +294,8 @@ def _loop(cfg, model, optimizer, sampler, data, telemetry, progress, record, sta
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if adaptive_clip is not None:  # DDP averaged the gradients in backward: every process clips the same ones
+            clipping.adaptive_clip_(params, adaptive_clip)
         if due:
             telemetry.observe_step(step, optimizer, loss_of, x, y)
         loss_value, finite = finite_check(loss, [p.grad for p in params if p.grad is not None])  # one sync
