@@ -7,8 +7,8 @@ For layer i, with the step's batch (x, y) and parameters W_1 .. W_k before the s
 
 where W' are the parameters after the step the optimizer takes now (its own update rule and state:
 momentum, Adam's moments, weight decay, and the gradients as the loop hands them to it, after
-optim.grad_clip). G'_i is the gradient layer i would see if only the layers below it had moved: the
-change of its input distribution, measured by what it does to the gradient. Logged per layer:
+optim.grad_clip and optim.adaptive_clip). G'_i is the gradient layer i would see if only the layers below it had
+moved: the change of its input distribution, measured by what it does to the gradient. Logged per layer:
 
 - covariate_shift/l2/layerNN = ||G_i - G'_i||
 - covariate_shift/cosine/layerNN = cos(G_i, G'_i)
