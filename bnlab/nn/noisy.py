@@ -53,6 +53,7 @@ class _NoisyBatchNorm(BatchNormVariant):
         self.noise_mean, self.noise_std = float(noise_mean), float(noise_std)
         self.noise_seed = seed % (1 << 63)  # an int64, as the state dict stores it
         self.noise_step = 0  # noise draws so far; the next one is seeded by (noise_seed, noise_step)
+        self.replaying = False  # a probe's copy: repeat the last draw instead of drawing (`replay_noise_of`)
         # The last training step's noise, (C,) in the statistics' dtype: for tests and probes.
         self.noise_scale: Tensor | None = None
         self.noise_shift: Tensor | None = None
@@ -63,14 +64,19 @@ class _NoisyBatchNorm(BatchNormVariant):
         u = torch.rand(2, self.num_features, generator=generator, dtype=torch.float64) * 2 - 1  # U(-1, 1)
         return self.noise_std ** u[0], self.noise_mean * u[1]
 
+    def replay_noise_of(self, live: "_NoisyBatchNorm") -> None:
+        """Make this copy's training passes use `live`'s last draw, the noise of the step it trained, without
+        drawing: the extra passes of a probe (bnlab.telemetry.passes) see the noise the step saw."""
+        self.noise_seed, self.noise_step, self.replaying = live.noise_seed, live.noise_step, True
+
     def forward(self, input: Tensor) -> Tensor:
         if not self.training:  # no noise: BatchNorm on the running statistics (or the batch's if untracked)
             return super().forward(input)
         self._check_variant_input(input)
         self._check_batch_size(input)
-        scale, shift = (per_channel(t.to(input.device, non_blocking=True), input)
-                        for t in self.draw_noise(self.noise_step))
-        self.noise_step += 1
+        draw = self.noise_step - 1 if self.replaying else self.noise_step
+        scale, shift = (per_channel(t.to(input.device, non_blocking=True), input) for t in self.draw_noise(draw))
+        self.noise_step += 0 if self.replaying else 1
         if input.numel() == 0:
             return empty_batch(self, input)
         # y = scale * (gamma * x_hat + beta) + shift is BatchNorm's output for the weight scale * gamma and

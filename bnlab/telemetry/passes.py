@@ -39,7 +39,15 @@ def replica(model: nn.Module) -> nn.Module:
                 hooks.clear()
     for parameter in twin.parameters():
         parameter.grad = None
+    _replay_noise(twin, model)
     return twin
+
+
+def _replay_noise(twin: nn.Module, model: nn.Module) -> None:
+    """Layers that draw noise at every training pass (norm=noisy) repeat the live step's draw in the copy."""
+    for target, source in zip(twin.modules(), model.modules(), strict=True):
+        if hasattr(target, "replay_noise_of"):
+            target.replay_noise_of(source)
 
 
 class Twin:
@@ -60,6 +68,7 @@ class Twin:
             target.training = source.training
         targets = [*self._copy.parameters(), *self._copy.buffers()]
         torch._foreach_copy_(targets, [*self.model.parameters(), *self.model.buffers()])
+        _replay_noise(self._copy, self.model)
         return self._copy
 
 

@@ -48,3 +48,23 @@ def test_every_random_generator_is_restored():
         torch.rand(3), np.random.rand(3), random.random()
     assert torch.equal(torch.get_rng_state(), states[0])
     assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+
+
+def test_a_copy_of_a_noisy_network_repeats_the_live_step_s_noise():
+    """norm=noisy draws new noise at every training pass: the probes' passes on the copy must see the noise
+    of the step the live model trained, however many of them there are, and leave the live draws alone."""
+    net, x, y = tiny_net(norm="noisy")
+    live_output = net(x)  # the step's training pass: draw 0
+    steps = [m.noise_step for m in net.modules() if hasattr(m, "noise_step")]
+    assert steps and all(step == 1 for step in steps)
+    for copy in (replica(net), Twin(net).synced()):
+        with torch.no_grad():
+            first, second = copy(x), copy(x)
+        assert torch.equal(first, live_output.detach()) and torch.equal(second, first)
+    twin = Twin(net)
+    twin.synced()
+    second_output = net(x)  # the live model's next step draws anew (draw 1): another output
+    assert [m.noise_step for m in net.modules() if hasattr(m, "noise_step")] == [2] * len(steps)
+    assert not torch.equal(second_output, live_output)
+    with torch.no_grad():
+        assert torch.equal(twin.synced()(x), second_output.detach())  # the refreshed copy replays draw 1
