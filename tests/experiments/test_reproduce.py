@@ -28,8 +28,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bnlab" / "experiments"
 
 
 def test_every_experiment_is_a_module_and_a_config_with_a_paper_a_time_and_thresholds_with_sources():
-    assert list(EXPERIMENTS) == ["glorot2010", "ioffe2015_fig1", "lr_tolerance", "vanishing", "vanishing_cnn",
-                                 "yang2019"]
+    assert list(EXPERIMENTS) == ["glorot2010", "ioffe2015_fig1", "lr_tolerance", "norm_batch_size", "vanishing",
+                                 "vanishing_cnn", "yang2019"]
     for experiment in EXPERIMENTS.values():
         assert (PACKAGE / f"{experiment.name}.py").is_file()
         assert Path(CONFIG_DIR, "experiment", f"{experiment.name}.yaml").is_file()
