@@ -305,7 +305,8 @@ def figures(parts: Parts):
     profiles = plots.profiles_figure(lines, "‖∂L/∂(layer output)‖", "gradient at initialization, deep ReLU MLP")
     return [("batch_size", "Final test accuracy after equal epochs (left) and growth of the gradient per layer "
              "toward the input at initialization (right) against the batch size, per norm (mean over seeds; "
-             "geometric for growth)", figure),
+             "geometric for growth). At init Batch Renorm's line lies on BatchNorm's (its warm-up is BatchNorm)",
+             figure),
             ("gradients_init", "‖∂L/∂z‖ across the hidden layers of the deep ReLU MLP at initialization, "
              "BatchNorm at several batch sizes and LayerNorm (geometric mean over seeds)", profiles)]
 
@@ -353,7 +354,7 @@ EXPERIMENT = Experiment(
     paper="Wu & He 2018, Group Normalization; Yang et al. 2019, A Mean Field Theory of Batch Normalization",
     claim="GroupNorm and LayerNorm do not depend on the batch size, BatchNorm degrades at batch 2; BatchNorm's "
           "gradient explosion at init grows as the batch shrinks; renorm and ghost batches in between",
-    minutes=10, quick_seconds=45,
+    minutes=21, quick_seconds=40,
     parts=(Part(name="gradients", config="norm_batch_size_gradients", quick=(*GRADIENT_QUICK, "norm=bnlab",
                                                                              "data.batch_size=8,256"),
                 arms={"norm": ("bnlab", "renorm", "group", "layer")}),
