@@ -29,8 +29,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "bnlab" / "experiments"
 
 def test_every_experiment_is_a_module_and_a_config_with_a_paper_a_time_and_thresholds_with_sources():
     assert list(EXPERIMENTS) == ["bn_clipping", "bn_vs_l1l2", "glorot2010", "hoffer2017_ghost", "ioffe2015_fig1",
-                                 "ioffe2017_renorm", "lr_tolerance", "santurkar2018", "santurkar2018_landscape",
-                                 "vanishing", "vanishing_cnn", "yang2019"]
+                                 "ioffe2017_renorm", "lr_tolerance", "norm_batch_size", "santurkar2018",
+                                 "santurkar2018_landscape", "vanishing", "vanishing_cnn", "yang2019"]
     for experiment in EXPERIMENTS.values():
         assert (PACKAGE / f"{experiment.name}.py").is_file()
         assert Path(CONFIG_DIR, "experiment", f"{experiment.name}.yaml").is_file()
