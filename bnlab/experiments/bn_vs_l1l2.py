@@ -303,7 +303,7 @@ ARMS_COMPARED = {"norm": ("none", "bnlab")}
 NO_L1, NO_L2 = ("optim.l1=0",), ("optim.weight_decay=0",)
 EXPERIMENT = Experiment(
     name="bn_vs_l1l2",
-    paper="van Laarhoven 2017 (L2 regularization versus batch and weight normalization); Ioffe & Szegedy 2015",
+    paper="van Laarhoven 2017, L2 regularization versus batch and weight normalization; Ioffe & Szegedy 2015",
     claim="with BatchNorm, L2 (and L1) shrink the weights' scale and raise the effective learning rate instead of "
           "regularizing; without it L2 shrinks the weights but does not raise the effective learning rate",
     minutes=3.7, quick_seconds=34,
