@@ -105,6 +105,11 @@ def test_sweep_progress_counts_jobs_and_estimates_the_time_left():
     assert len(line) <= 80
 
 
+def _shows(progress: SweepProgress, text: str) -> bool:
+    line = progress._progress  # the rich Progress behind the line, once it has been drawn
+    return line is not None and text in line.tasks[0].fields.get("job", "")
+
+
 def test_a_parallel_sweep_s_line_follows_the_jobs_summary_files(tmp_path):
     """Jobs in other processes cannot report to the line: it reads their summary.json files."""
     for name, status, steps in (("0_a", "completed", 100), ("1_b", "running", 25), ("2_c", "failed", 3)):
@@ -116,7 +121,7 @@ def test_a_parallel_sweep_s_line_follows_the_jobs_summary_files(tmp_path):
     progress = SweepProgress(4, console)
     progress.watch(tmp_path, every=0.02)
     deadline = time.monotonic() + 10
-    while "jobs done" not in console.export_text(clear=False) and time.monotonic() < deadline:
+    while not _shows(progress, "2 of 4 jobs done") and time.monotonic() < deadline:
         time.sleep(0.02)
     progress.stop()
     stopped = console.export_text(clear=False)
@@ -138,6 +143,7 @@ def test_single_runs_are_named_by_what_they_vary(tmp_path, monkeypatch):
     assert RUN_NAME.match(varied.name)["varied"] == "model.depth=3,norm=none"
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_ctrl_c_prints_the_run_directory_and_the_command_that_resumes_it(tmp_path):
     process = subprocess.Popen([BNLAB, "train", "norm=torch", "model.depth=3", "model.width=16", "train.steps=1000",
                                 "log.every=20", "train.eval_every=500", "train.checkpoint_every=50",

@@ -88,6 +88,7 @@ def test_a_missing_part_is_not_measured_and_a_short_budget_not_applicable():
     assert outcomes(bn_clipping.verdict({})) == [NOT_MEASURED] * 3
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_quick_reproduction_runs_every_part_and_judges_what_applies(tmp_path):
     out = tmp_path / "bn_clipping"
     result = reproduce("bn_clipping", ["train.steps=30", "model.width=16", "optim.lr=1.0", "log.images=false"],

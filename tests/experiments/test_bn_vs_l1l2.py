@@ -91,6 +91,7 @@ def test_a_missing_part_is_not_measured_and_a_short_run_not_applicable():
     assert bn_vs_l1l2.verdict({"none": parts()["none"]}).notes == []  # nothing decayed: no decay share to state
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_quick_reproduction_measures_norms_and_update_ratios_of_every_arm(tmp_path):
     out = tmp_path / "bn_vs_l1l2"
     result = reproduce("bn_vs_l1l2", ["train.steps=20", "model.width=16", "log.images=false"], quick=True, out=out)

@@ -3,6 +3,7 @@ train − test gap from acc/train, and one real `bnlab reproduce hoffer2017_ghos
 
 from __future__ import annotations
 
+import pytest
 from synthetic_runs import make_run, outcomes
 
 from bnlab.experiments.catalog import get
@@ -77,6 +78,7 @@ def test_the_fraction_of_the_gap_and_the_train_test_gap():
     assert train_test_gap(make_run({"norm.name": "bnlab"}, [1.0])) is None  # acc/train not logged
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_quick_reproduction_runs_end_to_end_and_logs_train_accuracy(tmp_path):
     result = reproduce("hoffer2017_ghost", quick=True, out=tmp_path / "ghost")
     assert {name: len(group) for name, group in result.parts.items()} == {"small": 2, "large": 4, "torch": 1}

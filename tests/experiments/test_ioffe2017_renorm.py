@@ -3,6 +3,7 @@ real `bnlab reproduce ioffe2017_renorm --quick`."""
 
 from __future__ import annotations
 
+import pytest
 from synthetic_runs import make_run, outcomes
 
 from bnlab.experiments.catalog import get
@@ -82,6 +83,7 @@ def test_the_difference_is_paired_by_seed():
     assert difference.n == 2 and abs(difference.mean - 0.065) < 1e-12
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_quick_reproduction_runs_end_to_end(tmp_path):
     result = reproduce("ioffe2017_renorm", quick=True, out=tmp_path / "renorm")
     assert {name: len(group) for name, group in result.parts.items()} == {"small": 4, "normal": 4, "noniid": 4,

@@ -137,6 +137,7 @@ def test_each_batch_size_trains_for_equal_epochs_at_a_linearly_scaled_rate_with_
         assert nbs.epochs(run) == nbs.EPOCHS
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_the_full_size_sweeps_compose_at_every_point(tmp_path):
     # every ghost batch divides its batch and the groups divide the width at full size, checked by Hydra
     result = Reproduction(nbs.EXPERIMENT, tmp_path / "full", False, [], {})
@@ -166,6 +167,7 @@ def test_groupnorm_and_layernorm_are_cross_checked_each_against_its_own_torch_la
     assert cross_check(ours[:1], theirs).outcome == NOT_MEASURED  # no bnlab GroupNorm or LayerNorm run
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_quick_reproduction_runs_end_to_end(tmp_path):
     result = reproduce("norm_batch_size", ["model.width=16"], quick=True, out=tmp_path / "quick")
     assert all(run.status == "completed" for run in result.runs), result.not_completed

@@ -85,6 +85,7 @@ def plan_of(name: str, overrides=(), quick=True, directory=None):
     return result, _plan_parts(result)
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_every_part_of_every_quick_experiment_composes_at_every_sweep_point():
     for name in EXPERIMENTS:
         result, launches = plan_of(name)

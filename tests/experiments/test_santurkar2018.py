@@ -150,6 +150,7 @@ def test_the_halves_of_training_are_measured_apart():
     assert phases.rows[0][4].startswith(f"{first:.3g} ×/÷") and phases.rows[3][4].startswith(f"{second:.3g} ×/÷")
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_quick_reproduction_runs_the_three_arms_with_the_probe_and_judges_them(tmp_path):
     result = reproduce("santurkar2018", ["model.depth=3", "model.width=16", "train.steps=20", "log.every=10"],
                        quick=True, out=tmp_path / "santurkar2018")

@@ -94,6 +94,7 @@ def test_measures_against_direct_computations():
     assert landscape.over_training("landscape/loss_range", (250, 500))(run) > 0  # step 0 is in the first half
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_quick_reproduction_runs_both_arms_with_the_probe_and_judges_them(tmp_path):
     result = reproduce("santurkar2018_landscape", ["model.depth=3", "model.width=16", "train.steps=20",
                                                    "log.every=10"], quick=True, out=tmp_path / "landscape")

@@ -126,6 +126,7 @@ def test_in_training_every_unit_moves_by_lr_times_lambda_of_its_weights(tmp_path
     assert min(unclipped) > 10 * lr * clipping  # the same run without clipping takes far larger steps
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_two_processes_clip_the_averaged_gradients_as_one_process_does(tmp_path):
     """Clipping each process's own gradients before DDP's average would not give one process's training."""
     tiny = [*TINY, "optim.adaptive_clip=0.001", "norm.sync=true", "log.enabled=false"]

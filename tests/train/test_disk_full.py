@@ -67,7 +67,8 @@ def test_a_checkpoint_that_does_not_fit_fails_the_run_cleanly_and_the_run_goes_o
     assert read_summary(run_dir)["status"] == "completed" and checkpoint_step(run_dir) == 1000
 
 
-@pytest.mark.parametrize("disk", ["tmpfs", pytest.param("file-size limit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("disk", [pytest.param("tmpfs", marks=pytest.mark.slow),
+                                  pytest.param("file-size limit", marks=pytest.mark.slow)])
 def test_a_full_disk_while_logging_fails_the_run_with_one_line(small_disk, tmp_path, disk):
     folder, grow = small_disk
     if disk == "tmpfs" and grow is None:

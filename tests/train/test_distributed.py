@@ -60,6 +60,7 @@ def test_two_processes_train_as_one_process_on_the_global_batch(tmp_path):
         ".bnlab.lock", ".hydra", "checkpoint.pt", "summary.json", "train.log"]
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_two_processes_diverge_at_the_step_one_process_does(tmp_path):
     diverging = [*TINY, "model.activation=relu", "norm=none", "optim.lr=1e10"]
     expected = train_in_process(tmp_path / "one", *diverging)

@@ -129,7 +129,8 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, signum):
     run_dir = tmp_path / "run"
     process = _start(run_dir, "norm=torch")
@@ -202,6 +203,7 @@ def test_a_sweep_resumes_skipping_finished_jobs(tmp_path):
     assert json.loads((jobs[1] / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     processes = [subprocess.Popen([BNLAB, "train", *TINY], cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for _ in range(2)]

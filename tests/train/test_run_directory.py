@@ -46,6 +46,7 @@ def test_a_refused_new_run_writes_nothing_into_an_existing_run(run_copy):
     assert summary["config"]["optim"]["lr"] == 0.1 and summary["config"]["model"]["depth"] == 3
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_refused_sweep_writes_nothing_into_an_existing_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     assert run_bnlab("train", "-m", "train.seed=0,1", *TINY, f"hydra.sweep.dir={sweep}").returncode == 0
@@ -75,6 +76,7 @@ def test_a_resume_with_another_architecture_leaves_the_summary_as_it_was(run_cop
     assert checkpoint_step(run_copy) == read_summary(run_copy)["steps"]
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_second_resume_is_refused_while_the_first_trains_and_names_it(run_copy):
     first = start(f"resume={run_copy}")
     lock = run_copy / ".bnlab.lock"
@@ -99,6 +101,7 @@ def test_resuming_a_run_that_is_still_training_is_refused(tmp_path):
     assert interrupt(training).returncode == 130
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_two_sweeps_never_share_a_directory(tmp_path):
     sweep = tmp_path / "sweep"
     first = start("-m", "train.seed=0,1", *LONG, "train.steps=100000", "hydra/launcher=basic",
@@ -130,7 +133,8 @@ def test_kill_9_leaves_the_steps_of_the_last_checkpoint_and_a_lock_the_next_proc
     assert read_summary(run_dir)["status"] == "completed"
 
 
-@pytest.mark.parametrize("moment", [pytest.param("set-up", marks=pytest.mark.slow), "start"])
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
+@pytest.mark.parametrize("moment", ["set-up", "start"])
 def test_an_early_ctrl_c_ends_interrupted_and_the_run_can_go_on(tmp_path, moment):
     """Ctrl-C while the data are generated (summary.json exists, no step yet), or as soon as the directory is
     locked (Hydra starting up): exit 130 without a traceback, and never a summary left `running`."""
