@@ -175,6 +175,7 @@ def test_a_damaged_checkpoint_gives_a_clear_error_naming_the_file(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_resuming_from_a_damaged_checkpoint_fails_cleanly(tmp_path):
     run_dir = tmp_path / "run"
     assert run_bnlab("train", *TINY, "norm=torch", f"hydra.run.dir={run_dir}").returncode == 0
@@ -215,6 +216,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
     assert all(json.loads((r / "summary.json").read_text())["status"] == "completed" for r in runs)
 
 
+@pytest.mark.slow  # a long end-to-end run; `make test-slow` (and CI) runs it
 def test_a_directory_is_never_shared_by_two_runs(tmp_path):
     run_dir = tmp_path / "run"
     assert run_bnlab("train", *TINY, f"hydra.run.dir={run_dir}").returncode == 0
