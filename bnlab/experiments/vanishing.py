@@ -270,7 +270,7 @@ EXPERIMENT = Experiment(
     paper="BatchNorm's motivating claim (Ioffe & Szegedy 2015, §1 and §3.3; Glorot & Bengio 2010)",
     claim="without BatchNorm the gradient vanishes geometrically with depth and deep sigmoid nets stall; with it "
           "the gradient reaches the first layer and they train",
-    minutes=6.5, quick_seconds=30,
+    minutes=3.0, quick_seconds=30,
     parts=(Part(name="main", config="vanishing", quick=QUICK, arms=ARMS),
            Part(name="stall", config="vanishing", arms=ARMS,
                 overrides=("model.activation=sigmoid", "model.depth=2,20", "train.steps=1000"),
