@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from bnlab.errors import RunFileError
@@ -27,19 +28,23 @@ KIND_NAMES = {int: "an integer", dict: "an object", list: "a list", str: "a stri
 
 
 def claim(run_dir: Path, summary: dict) -> None:
-    """Create run_dir/summary.json, failing if another run already owns the directory."""
+    """Create run_dir/summary.json, failing if another run already owns the directory. The file appears whole
+    (written aside, then hard-linked into place, which fails if it exists): a reader polling the directory, such
+    as a parallel sweep's progress line, never sees it empty."""
     path = Path(run_dir) / SUMMARY_NAME
+    aside = path.with_name(f".{SUMMARY_NAME}.{os.getpid()}.claim")
     try:
-        with open(path, "x") as handle:
-            json.dump(_jsonable(summary), handle, indent=2)
+        aside.write_text(json.dumps(_jsonable(summary), indent=2))
+        os.link(aside, path)
     except FileExistsError as error:
         raise RunFileError(
             f"run directory {run_dir} already holds a run ({path} exists); bnlab never trains two runs into "
             "one directory: choose another hydra.run.dir, or continue that run with resume=" + str(run_dir)
         ) from error
     except OSError as error:  # a full disk or a read-only directory
-        path.unlink(missing_ok=True)
         raise write_error(path, error, "run summary") from error
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def write(run_dir: Path, summary: dict) -> None:

@@ -91,3 +91,21 @@ def test_channels_last_trains_the_same_network_in_another_memory_order(tmp_path)
     state = torch.load(tmp_path / "cl_true" / "checkpoint.pt", weights_only=False)["model"]
     conv = state["blocks.1.weight_layer.weight"]
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_summary_json_is_claimed_whole_and_only_once(tmp_path):
+    """A new run's summary.json appears with its content (written aside, then linked into place), so a reader
+    polling the directory never reads it empty; a second claim fails and leaves the first run's file as it was."""
+    import json
+
+    from bnlab.errors import RunFileError
+    from bnlab.train import summary
+
+    record = {"status": "running", "steps": 0, "total_steps": 10}
+    summary.claim(tmp_path, record)
+    first = (tmp_path / "summary.json").read_text()
+    assert json.loads(first) == record
+    with pytest.raises(RunFileError, match="already holds a run"):
+        summary.claim(tmp_path, {**record, "total_steps": 99})
+    assert (tmp_path / "summary.json").read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # nothing left aside
