@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from bnlab.config.parallel import default_launcher
+from bnlab.config.parallel import BASIC_LAUNCHER, default_launcher
 from bnlab.errors import BnlabError, ConfigError
 from bnlab.train import lock
 
@@ -42,11 +42,7 @@ class Launch:
     locked: list[Path] = field(default_factory=list)  # directories this launch holds until run_hydra ends
     errors: list[BnlabError] = field(default_factory=list)  # sweep jobs that could not run at all
     note: str | None = None  # what the user should know before it starts (a model that fills the memory)
-
-    @property
-    def in_process(self) -> bool:
-        """Whether the jobs run in this process (Hydra's basic launcher), not in a launcher's workers."""
-        return not any(arg.startswith("hydra/launcher=") and arg != "hydra/launcher=basic" for arg in self.args)
+    in_process: bool = True  # a sweep's jobs run in this process (Hydra's basic launcher), not in workers
 
 
 def plan(args: list[str]) -> Launch:
@@ -75,7 +71,9 @@ def plan(args: list[str]) -> Launch:
         else:
             launch.sweep_dir = Path("runs/sweep") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
             args.append(f"hydra.sweep.dir={launch.sweep_dir}")
-        args += default_launcher(overrides)  # every core, unless a launcher was chosen
+        chosen = default_launcher(overrides)  # every core, unless a launcher was chosen
+        args += chosen
+        launch.in_process = not chosen and OmegaConf.select(cfg, "hydra.launcher._target_") == BASIC_LAUNCHER
         if not launch.resuming:
             _refuse_if_taken(launch.sweep_dir, "sweep")
         return launch

@@ -18,7 +18,7 @@ from bnlab.analysis.aggregate import mean_series
 from bnlab.analysis.readback import RunData
 from bnlab.experiments.experiment import Experiment, Part
 from bnlab.experiments.measures import Parts, across, final_accuracy, largest, listed, seeds, select, values_of
-from bnlab.experiments.santurkar2018 import Window, diverged_notes, geometric_mean, halves, in_window
+from bnlab.experiments.santurkar2018 import QUICK, Window, diverged_notes, geometric_mean, halves, in_window
 from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict
 from bnlab.telemetry import plots
 from bnlab.telemetry.landscape import TAGS
@@ -193,8 +193,6 @@ def deviations(parts: Parts) -> list[str]:
             f"{listed(torch, 'optim.lr')}."]
 
 
-QUICK = ("model.depth=4", "model.width=32", "optim.lr=0.1", "train.steps=60", "train.eval_every=20",
-         "log.every=20", "train.seed=0,1")
 EXPERIMENT = Experiment(
     name="santurkar2018_landscape",
     paper="Santurkar, Tsipras, Ilyas & Madry 2018, §3.1 (Figure 4)",

@@ -10,7 +10,6 @@ files instead ('4 of 12 jobs done · 2 running ...').
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
+from bnlab.errors import RunFileError
 from bnlab.formatting import duration, number
+from bnlab.train import summary
 
 
 class RichProgress:
@@ -148,17 +149,17 @@ class SweepProgress:
 
 def _jobs_on_disk(sweep_dir: Path) -> tuple[int, int, float]:
     """(jobs finished, jobs running, the running jobs' fractions of steps done, summed) from the summary.json
-    of each job directory in `sweep_dir` (written whole by an atomic rename, so never read half-written)."""
+    of each job directory in `sweep_dir`; one that cannot be read yet is not counted."""
     done = running = 0
     share = 0.0
-    for path in Path(sweep_dir).glob("*/summary.json"):
+    for path in Path(sweep_dir).glob(f"*/{summary.SUMMARY_NAME}"):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = summary.read(path.parent)
+        except RunFileError:
             continue
-        if record.get("status") == "running":
+        if record["status"] == "running":
             running += 1
-            share += record.get("steps", 0) / max(record.get("total_steps") or 1, 1)
+            share += record["steps"] / max(record.get("total_steps") or 1, 1)
         else:
             done += 1
     return done, running, share

@@ -52,6 +52,9 @@ def test_default_launcher_fits_the_jobs_to_the_idle_cores(overrides, spare, expe
 def test_bnlab_train_m_and_reproduce_plan_a_parallel_sweep_by_default(monkeypatch, tmp_path):
     monkeypatch.setattr(parallel, "spare_cores", lambda: 2)
     assert plan(["-m", *SWEEP]).args[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert not plan(["-m", *SWEEP]).in_process  # its jobs run in workers: the sweep's line follows their files
+    assert plan(["-m", *SWEEP, "hydra/launcher=basic"]).in_process
+    assert not plan(["-m", *SWEEP, "hydra/launcher=joblib"]).in_process  # the user's choice, as composed
     assert not any("launcher" in arg for arg in plan(["norm=none"]).args)  # one run: no launcher to choose
     assert plan(["-m", *SWEEP, "hydra/launcher=basic"]).args.count("hydra/launcher=basic") == 1
 
