@@ -4,6 +4,7 @@ batch is the whole batch, and finite differences."""
 
 import pytest
 import torch
+from norm_checks import assert_gradchecks, step
 
 from bnlab.nn import BatchNorm1d, BatchNorm2d, GhostBatchNorm1d, GhostBatchNorm2d
 
@@ -30,16 +31,6 @@ def make_layers(shape, ghost_batch_size, dtype=torch.float64, **kwargs):
     return ghost, bn
 
 
-def step(forward, params, x, grad_out):
-    """y, dx and the parameters' gradients of one forward/backward of `forward` on a leaf copy of x."""
-    x = x.detach().clone().requires_grad_()
-    for p in params:
-        p.grad = None
-    y = forward(x)
-    y.backward(grad_out)
-    return y, x.grad, [p.grad for p in params]
-
-
 def chunked_oracle_statistics(x, ghost_batch_size):
     """The batch's statistics for the running estimates: mean of the ghost batches' means and of their
     unbiased variances, straight from their definitions in float64."""
@@ -62,8 +53,8 @@ def test_equals_batchnorm_applied_ghost_batch_by_ghost_batch(shape_name, ghost_b
     running_mean, running_var = ghost.running_mean.clone(), ghost.running_var.clone()
     for t in range(1, 4):  # training steps
         x, grad_out = make_input(shape_name), torch.randn(SHAPES[shape_name], dtype=torch.float64)
-        y, dx, grads = step(ghost, params, x, grad_out)
-        y_ref, dx_ref, grads_ref = step(lambda v: torch.cat([bn(g) for g in v.split(ghost_batch_size)]),
+        y, dx, *grads = step(ghost, params, x, grad_out)
+        y_ref, dx_ref, *grads_ref = step(lambda v: torch.cat([bn(g) for g in v.split(ghost_batch_size)]),
                                         bn_params, x, grad_out)
         torch.testing.assert_close(y, y_ref, **TOL64)
         torch.testing.assert_close(dx, dx_ref, **TOL64)
@@ -82,8 +73,8 @@ def test_equals_batchnorm_applied_ghost_batch_by_ghost_batch(shape_name, ghost_b
     bn.load_state_dict(ghost.state_dict())
     bn.eval()
     x, grad_out = make_input(shape_name), torch.randn(SHAPES[shape_name], dtype=torch.float64)
-    y, dx, grads = step(ghost, params, x, grad_out)
-    y_ref, dx_ref, grads_ref = step(bn, bn_params, x, grad_out)
+    y, dx, *grads = step(ghost, params, x, grad_out)
+    y_ref, dx_ref, *grads_ref = step(bn, bn_params, x, grad_out)
     assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)  # eval mode is BatchNorm's on the running estimates
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_ref, strict=True))
 
@@ -140,15 +131,7 @@ def test_gradcheck_and_gradgradcheck(shape, ghost_batch_size, training):
         ghost.running_mean.normal_()
         ghost.running_var.uniform_(0.5, 2)
     ghost.train(training)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    weight = torch.rand(shape[1], dtype=torch.float64).add_(0.5).requires_grad_()
-    bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
-
-    def forward(x, weight, bias):
-        return torch.func.functional_call(ghost, {"weight": weight, "bias": bias}, (x,))
-
-    assert torch.autograd.gradcheck(forward, (x, weight, bias))
-    assert torch.autograd.gradgradcheck(forward, (x, weight, bias))
+    assert_gradchecks(ghost, shape)
 
 
 def test_state_dict_is_batchnorms_and_loads_both_ways():

@@ -4,6 +4,7 @@ and gradients), in training and eval mode, and finite differences."""
 import pytest
 import torch
 import torch.nn.functional as F
+from norm_checks import assert_gradchecks, step
 
 from bnlab.nn import GroupNorm, LayerNorm
 
@@ -23,15 +24,6 @@ def randomize(layer):
             layer.weight.uniform_(0.5, 1.5)
             layer.bias.normal_()
     return layer
-
-
-def step(forward, params, x, grad_out):
-    x = x.detach().clone().requires_grad_()
-    for p in params:
-        p.grad = None
-    y = forward(x)
-    y.backward(grad_out)
-    return [y, x.grad] + [p.grad for p in params]
 
 
 @pytest.mark.parametrize("shape_name", list(SHAPES))
@@ -110,15 +102,7 @@ def test_half_precision_uses_float32_statistics(dtype):
 def test_gradcheck_and_gradgradcheck(shape, groups):
     torch.manual_seed(5)
     layer = GroupNorm(shape[1], groups=groups, dtype=torch.float64)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    weight = torch.rand(shape[1], dtype=torch.float64).add_(0.5).requires_grad_()
-    bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
-
-    def forward(x, weight, bias):
-        return torch.func.functional_call(layer, {"weight": weight, "bias": bias}, (x,))
-
-    assert torch.autograd.gradcheck(forward, (x, weight, bias))
-    assert torch.autograd.gradgradcheck(forward, (x, weight, bias))
+    assert_gradchecks(layer, shape)
 
 
 def test_impossible_shapes_are_value_errors_naming_shape_and_fix():

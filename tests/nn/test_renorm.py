@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from norm_checks import assert_gradchecks
 
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchRenorm1d, BatchRenorm2d
 
@@ -158,15 +159,7 @@ def test_gradcheck_and_gradgradcheck(shape, regime):
         renorm.running_var.fill_(100.0)  # sigma_B / sigma << 1 / rmax: r = 1 / rmax
         renorm.running_mean.fill_(-50.0)  # (mu_B - mu) / sigma >> dmax: d = dmax
     renorm.train(regime != "eval")
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    weight = torch.rand(shape[1], dtype=torch.float64).add_(0.5).requires_grad_()
-    bias = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
-
-    def forward(x, weight, bias):
-        return torch.func.functional_call(renorm, {"weight": weight, "bias": bias}, (x,))
-
-    assert torch.autograd.gradcheck(forward, (x, weight, bias))
-    assert torch.autograd.gradgradcheck(forward, (x, weight, bias))
+    assert_gradchecks(renorm, shape)
     if regime == "clipped":
         assert torch.allclose(renorm.r, torch.full((shape[1],), 1 / 1.5, dtype=torch.float64))
         assert torch.equal(renorm.d, torch.full((shape[1],), 0.2, dtype=torch.float64))
