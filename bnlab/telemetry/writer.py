@@ -1,8 +1,9 @@
 """The TensorBoard writer of a run: tags in, event records out.
 
 It does not know how the numbers were computed. Scalars of one step go out as one
-event (one protobuf with many values) rather than one event per tag; histograms are
-binned on the device (`bnlab.telemetry.statistics`) and cross to the host in one transfer. The HParams records go
+event (one protobuf with many values) rather than one event per tag, its histograms as another; both are
+encoded from arrays (`bnlab.telemetry.records`); histograms are binned on the device
+(`bnlab.telemetry.statistics`) and cross to the host in one transfer. The HParams records go
 into the run's own directory, not the extra sub-run `SummaryWriter.add_hparams`
 creates, so TensorBoard's HParams view lines up a sweep's runs directly.
 """
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
-from bnlab.telemetry import checksums
+from bnlab.telemetry import checksums, records
 from bnlab.telemetry.figures import PROFILE_TAGS
-from bnlab.telemetry.statistics import HISTOGRAM_BINS, HISTOGRAM_HEAD
 
 LAYER_TAG = re.compile(r"^(?P<family>.+)/layer\d+$")
 PROFILE_CATEGORY = "vanishing gradient: one line per run"
@@ -56,24 +56,18 @@ class RunWriter:
         self._events = self._writer._get_file_writer()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
-        self._events.add_summary(summary, step)
+        self._events.add_summary(records.scalars(tuple(values), list(values.values())), step)
 
     def histogram_rows(self, step: int, tags: list[str], rows: torch.Tensor | np.ndarray | None) -> None:
         """Histograms already binned by `bnlab.telemetry.statistics.histogram_rows`, one row per tag."""
         if not tags:
             return
         host = rows if isinstance(rows, np.ndarray) else rows.detach().to("cpu", torch.float64).numpy()
-        values = []
-        for tag, row in zip(tags, host.tolist(), strict=True):  # one host transfer
-            low, high, count, total, total_sq = row[:HISTOGRAM_HEAD]
-            if count == 0:  # nothing binned (log10 |g| of a gradient of exact zeros): no histogram to show
-                continue
-            buckets, limits = row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS], row[HISTOGRAM_HEAD + HISTOGRAM_BINS:]
-            proto = HistogramProto(min=low, max=high, num=count, sum=total, sum_squares=total_sq,
-                                   bucket_limit=limits, bucket=buckets)
-            values.append(Summary.Value(tag=tag, histo=proto))
-        self._events.add_summary(Summary(value=values), step)
+        binned = host[:, 2] != 0  # nothing binned (log10 |g| of a gradient of exact zeros): no histogram to show
+        if not binned.all():
+            tags, host = [tag for tag, keep in zip(tags, binned, strict=True) if keep], host[binned]
+        if tags:
+            self._events.add_summary(records.histograms(tuple(tags), host), step)
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         self._writer.add_text(tag, markdown, step)

@@ -1,5 +1,5 @@
 """The writer's records, read back with TensorBoard's own reader and checked against direct computations, on
-both paths (`path`: the compiled Summary encoder, and protobuf objects built in Python)."""
+both statistics paths (`path`: bnlab's compiled loops, and PyTorch ops)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnlab.telemetry.statistics import histogram_rows
-from bnlab.telemetry.writer import HISTOGRAM_BINS, RunWriter
+from bnlab.telemetry.statistics import HISTOGRAM_BINS, histogram_rows
+from bnlab.telemetry.writer import RunWriter
 
 
 def _read(run_dir):
