@@ -42,17 +42,16 @@ struct Sums {
 };
 
 // Sum, sum of squares, min and max of one row (min and max are NaN if the row holds a NaN).
-template <typename T>
-Sums sums(const T *x, int64_t n) {
+Sums sums(const float *x, int64_t n) {
     double sum = lane_sum(n, [x](int64_t i) { return double(x[i]); });
     double squares = lane_sum(n, [x](int64_t i) { return double(x[i]) * double(x[i]); });
-    T low[LANES], high[LANES];
+    float low[LANES], high[LANES];
     std::fill(low, low + LANES, INFINITY);
     std::fill(high, high + LANES, -INFINITY);
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (int k = 0; k < LANES; ++k) {
-            T v = x[i + k];
+            float v = x[i + k];
             low[k] = v < low[k] ? v : low[k];  // a NaN never replaces an extreme
             high[k] = v > high[k] ? v : high[k];
         }
@@ -63,7 +62,7 @@ Sums sums(const T *x, int64_t n) {
     Sums s = {sum, squares, INFINITY, -INFINITY};
     for (int k = 0; k < LANES; ++k) s.low = std::min(s.low, double(low[k])), s.high = std::max(s.high, double(high[k]));
     // a NaN makes the sum NaN (so do inf and -inf together): only then look for one
-    if (std::isnan(sum) && std::any_of(x, x + n, [](T v) { return std::isnan(v); })) s.low = s.high = NAN;
+    if (std::isnan(sum) && std::any_of(x, x + n, [](float v) { return std::isnan(v); })) s.low = s.high = NAN;
     return s;
 }
 
@@ -96,13 +95,36 @@ inline double edge(double k, double bins, double first, double last, double step
     return k < bins ? k * step + first : last;
 }
 
+// numpy.histogram's bin of v among `bins` bins from first to last: a guess from arithmetic (off by at most
+// one), then one correction each way against the edges, recomputed (not read from a table) so that loops over
+// it have neither branches nor gathers and vectorize (-fno-trapping-math).
+inline double bin_of(double v, double bins, double first, double last, double step, double scale) {
+    double top = bins - 1.0, g = (v - first) * scale;
+    g = g > 0.0 ? g : 0.0;  // NaN too
+    double k = std::trunc(g < top ? g : top);
+    double below = edge(k, bins, first, last, step), above = edge(k + 1, bins, first, last, step);
+    k -= v < below && k > 0 ? 1.0 : 0.0;
+    k += v >= above && k < top ? 1.0 : 0.0;  // (after a step down, v < the new upper edge)
+    return k;
+}
+
+// counts[k] = how many of the n bin indices are k, for k < bins (an index of bins or more is not counted).
+void tally(const int32_t *index, int64_t n, int64_t bins, double *counts) {
+    int64_t tallies[4][256] = {};  // four tallies: consecutive values in one bin don't wait on each other
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; ++k) ++tallies[k][index[i + k]];
+    for (; i < n; ++i) ++tallies[0][index[i]];
+    for (int64_t k = 0; k < bins; ++k)
+        counts[k] = double(tallies[0][k] + tallies[1][k] + tallies[2][k] + tallies[3][k]);
+}
+
 // A histogram row (bnlab.telemetry.statistics.histogram_rows: min, max, count, sum, sum of squares, then the
 // counts of `bins` bins, then their right edges) of x's n values whose `sums` are `m`, as numpy.histogram(x,
 // bins, range=(min, max)) makes it: bin k holds edge[k] <= x < edge[k + 1], the last bin also the maximum; a
 // row of equal values gets the range (value - 0.5, value + 0.5); without finite ends nothing is counted.
 // bins <= 255; `scratch` holds n bin indices.
-template <typename T>
-void histogram_row(const T *x, int64_t n, const Sums &m, int64_t bins, int32_t *scratch, double *row) {
+void histogram_row(const float *x, int64_t n, const Sums &m, int64_t bins, int32_t *scratch, double *row) {
     double low = m.low, high = m.high;
     double first = low == high ? low - 0.5 : low, last = low == high ? high + 0.5 : high;
     double step = (last - first) / double(bins), scale = double(bins) / (last - first);
@@ -111,39 +133,90 @@ void histogram_row(const T *x, int64_t n, const Sums &m, int64_t bins, int32_t *
     for (int64_t k = 1; k <= bins; ++k) right_edges[k - 1] = edge(double(k), double(bins), first, last, step);
     std::fill(counts, counts + bins, 0.0);
     if (!std::isfinite(first) || !std::isfinite(last) || !(last > first)) return;
-    // numpy.histogram's steps: a guess from arithmetic (off by at most one), then one correction each way
-    // against the edges, recomputed (not read from a table) so the loop has neither branches nor gathers and
-    // is vectorized (-fno-trapping-math). Bin `bins` marks a value outside the edges, or NaN.
-    double top = double(bins - 1), outside = double(bins);
+    double outside = double(bins);  // the bin index of a value outside the edges, or NaN
     for (int64_t i = 0; i < n; ++i) {
-        double v = x[i];
-        double g = (v - first) * scale;
-        g = g > 0.0 ? g : 0.0;  // NaN too
-        double k = std::trunc(g < top ? g : top);
-        double below = edge(k, outside, first, last, step), above = edge(k + 1, outside, first, last, step);
-        k -= v < below && k > 0 ? 1.0 : 0.0;
-        k += v >= above && k < top ? 1.0 : 0.0;  // (after a step down, v < the new upper edge)
-        k = v >= first && v <= last ? k : outside;
-        scratch[i] = int32_t(k);
+        double v = x[i], k = bin_of(v, outside, first, last, step, scale);
+        scratch[i] = int32_t(v >= first && v <= last ? k : outside);
     }
-    int64_t tally[4][256] = {};  // four tallies: consecutive values in one bin don't wait on each other
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int k = 0; k < 4; ++k) ++tally[k][scratch[i + k]];
-    for (; i < n; ++i) ++tally[0][scratch[i]];
-    for (int64_t k = 0; k < bins; ++k) counts[k] = double(tally[0][k] + tally[1][k] + tally[2][k] + tally[3][k]);
+    tally(scratch, n, bins, counts);
 }
 
-// log10 |x| of the nonzero values of x, in double as numpy's float64 log10 makes them, to within its last bit
-// (bnlab.telemetry.statistics.log10_magnitude_rows; NaN is left out, as numpy's mask leaves it); returns how
-// many were written to `out`.
-int64_t log10_magnitudes(const float *x, int64_t n, double *out) {
-    int64_t count = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        double magnitude = std::fabs(double(x[i]));
-        if (magnitude > 0.0) out[count++] = std::log10(magnitude);
+// log10 x of a positive normal double, to within about an ulp: fdlibm's log (e_log.c) without its branches,
+// so that loops over it vectorize. Only the sums of a log10 histogram use it; its min, max and bins come from
+// std::log10 itself.
+inline double fast_log10(double x) {
+    constexpr double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
+    constexpr double LG1 = 6.666666666666735130e-01, LG2 = 3.999999999940941908e-01, LG3 = 2.857142874366239149e-01,
+                     LG4 = 2.222219843214978396e-01, LG5 = 1.818357216161805012e-01, LG6 = 1.531383769920937332e-01,
+                     LG7 = 1.479819860511658591e-01, INV_LN10 = 4.34294481903251816668e-01;
+    uint64_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    uint64_t mantissa = bits & 0x000FFFFFFFFFFFFFull;
+    // x = 2^k * m with m in [sqrt(2)/2, sqrt(2)): the exponent is 1023 or 1022 by whether m >= sqrt(2)
+    uint64_t up = (mantissa + 0x00095F6400000000ull) & 0x0010000000000000ull;
+    double k = double(int64_t(bits >> 52) - 1023 + int64_t(up >> 52));
+    uint64_t m_bits = mantissa | (up ^ 0x3FF0000000000000ull);
+    double m;
+    std::memcpy(&m, &m_bits, sizeof m);
+    double f = m - 1.0, s = f / (2.0 + f), z = s * s, w = z * z;
+    double r = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7))) + w * (LG2 + w * (LG4 + w * LG6));
+    double half_f2 = 0.5 * f * f;
+    double ln = k * LN2_HI - ((half_f2 - (s * (half_f2 + r) + k * LN2_LO)) - f);
+    return ln * INV_LN10;
+}
+
+// The histogram row (as histogram_row) of log10 |x| over x's nonzero values, NaN left out, as numpy.histogram
+// bins their std::log10 (bnlab.telemetry.statistics.log10_magnitude_rows bins numpy.log10's, which can differ
+// in the last bit); a row of zeros if there are none. The min and max are std::log10 of the smallest and
+// largest magnitude (log10 increases). Each value is binned by fast_log10, unless that lies within NEAR of an
+// edge, where std::log10 might fall on the other side: those few are binned by std::log10 as numpy bins.
+// `logs` holds n logarithms, `scratch` n bin indices.
+void log10_histogram_row(const float *x, int64_t n, int64_t bins, double *logs, int32_t *scratch, double *row) {
+    // in log10 units: beyond fast_log10's error (~1 ulp) plus the edges' rounding (a few ulps of 46, the largest
+    // |log10| of a float32)
+    constexpr double NEAR = 1e-13;
+    auto in = [x](int64_t i) { return std::fabs(x[i]) > 0.0f; };  // binned: neither 0 nor NaN
+    for (int64_t i = 0; i < n; ++i) logs[i] = fast_log10(in(i) ? std::fabs(x[i]) : 1.0f);  // log 1 = 0: no sum
+    double sum = lane_sum(n, [logs](int64_t i) { return logs[i]; });
+    double squares = lane_sum(n, [logs](int64_t i) { return logs[i] * logs[i]; });
+    double count = lane_sum(n, [in](int64_t i) { return in(i) ? 1.0 : 0.0; });
+    float low[LANES], high[LANES];
+    std::fill(low, low + LANES, INFINITY), std::fill(high, high + LANES, 0.0f);
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; ++k) {
+            float a = std::fabs(x[i + k]);  // NaN never replaces an extreme; a zero not the smallest
+            low[k] = a > 0.0f && a < low[k] ? a : low[k], high[k] = a > high[k] ? a : high[k];
+        }
+    for (; i < n; ++i) {
+        float a = std::fabs(x[i]);
+        low[0] = a > 0.0f && a < low[0] ? a : low[0], high[0] = a > high[0] ? a : high[0];
     }
-    return count;
+    float smallest = *std::min_element(low, low + LANES), largest = *std::max_element(high, high + LANES);
+    std::fill(row, row + 5 + 2 * bins, 0.0);
+    if (count == 0) return;
+    bool infinite = std::isinf(largest);  // log10(inf) = inf: the sums are inf, and nothing is binned
+    double lowest = std::log10(double(smallest)), highest = std::log10(double(largest));
+    row[0] = lowest, row[1] = highest, row[2] = count;
+    row[3] = infinite ? INFINITY : sum, row[4] = infinite ? INFINITY : squares;
+    double first = lowest == highest ? lowest - 0.5 : lowest, last = lowest == highest ? highest + 0.5 : highest;
+    double step = (last - first) / double(bins), scale = double(bins) / (last - first), b = double(bins);
+    for (int64_t k = 1; k <= bins; ++k) row[5 + bins + k - 1] = edge(double(k), b, first, last, step);
+    if (infinite) return;
+    // A value whose position g (in bins) is no nearer than `tolerance` to a whole number is in bin floor(g)
+    // however its logarithm rounds; the others (the min and max among them) are binned as numpy bins them.
+    double tolerance = NEAR * scale + 1e-12, top = double(bins - 1);
+    for (i = 0; i < n; ++i) {
+        double g = (logs[i] - first) * scale;
+        g = g > 0.0 ? g : 0.0;
+        double k = std::trunc(g < top ? g : top), fraction = g - k;
+        bool near = fraction < tolerance || fraction > 1.0 - tolerance;
+        scratch[i] = !in(i) ? int32_t(bins) : near ? -1 : int32_t(k);
+    }
+    for (i = 0; i < n; ++i)
+        if (scratch[i] < 0)
+            scratch[i] = int32_t(bin_of(std::log10(double(std::fabs(x[i]))), b, first, last, step, scale));
+    tally(scratch, n, bins, row + 5);
 }
 
 // The L2 norm of a row, summed in double.
@@ -352,17 +425,24 @@ void bnlab_step(const Step *s) {
     };
     const int64_t width = 5 + 2 * s->bins;
     std::vector<int32_t> scratch;
-    auto put_histogram = [&](Statistic which, int64_t layer, const auto *x, int64_t n, const Sums &m) {
+    // a histogram statistic's row of this layer, written by fill(row, scratch) into its first place, copied to the rest
+    auto put_row = [&](Statistic which, int64_t layer, int64_t n, auto fill) {
         const Placement &p = at(which);
         if (p.count == 0) return;
         double *first = s->histograms + (p.offsets[0] + layer) * width;
         scratch.resize(std::max<size_t>(scratch.size(), n));
-        if (n == 0 && which == Statistic::grad_log10_histogram)
-            std::fill(first, first + width, 0.0);  // a gradient of zeros: nothing to bin, a row of count 0
-        else
-            histogram_row(x, n, m, s->bins, scratch.data(), first);
+        fill(first, scratch.data());
         for (int64_t j = 1; j < p.count; ++j)
             std::copy(first, first + width, s->histograms + (p.offsets[j] + layer) * width);
+    };
+    auto put_histogram = [&](Statistic which, int64_t layer, const float *x, int64_t n, const Sums &m) {
+        put_row(which, layer, n, [&](double *row, int32_t *bins) { histogram_row(x, n, m, s->bins, bins, row); });
+    };
+    std::vector<double> logs;
+    auto put_log10_histogram = [&](int64_t layer, const float *x, int64_t n) {
+        logs.resize(std::max<size_t>(logs.size(), n));
+        put_row(Statistic::grad_log10_histogram, layer, n,
+                [&](double *row, int32_t *bins) { log10_histogram_row(x, n, s->bins, logs.data(), bins, row); });
     };
     std::vector<uint32_t> keys, spare;
     auto put_percentiles = [&](Statistic which, int64_t layer, int64_t n) {  // of keys[0 .. n)
@@ -372,17 +452,12 @@ void bnlab_step(const Step *s) {
         for (int64_t j = 0; j < p.count; ++j) s->values[p.offsets[j] + layer] = q[j];
     };
 
-    std::vector<double> logs;
     for (int64_t i = 0; i < s->grads && (wanted(Statistic::grad_norm) || wanted(Statistic::grad_histogram) ||
                                          wanted(Statistic::grad_log10_histogram)); ++i) {
         Sums m = sums(s->grad[i], s->grad_sizes[i]);
         put(Statistic::grad_norm, i, std::sqrt(m.squares));
         put_histogram(Statistic::grad_histogram, i, s->grad[i], s->grad_sizes[i], m);
-        if (wanted(Statistic::grad_log10_histogram)) {
-            logs.resize(std::max<size_t>(logs.size(), s->grad_sizes[i]));
-            int64_t count = log10_magnitudes(s->grad[i], s->grad_sizes[i], logs.data());
-            put_histogram(Statistic::grad_log10_histogram, i, logs.data(), count, sums(logs.data(), count));
-        }
+        put_log10_histogram(i, s->grad[i], s->grad_sizes[i]);
     }
     for (int64_t i = 0; i < s->weights; ++i) {
         const float *after = s->after[i], *before = s->before[i];

@@ -162,9 +162,12 @@ def log10_magnitude_rows(tensors: list[torch.Tensor], bins: int = HISTOGRAM_BINS
         array = np.abs(t.detach().reshape(-1).to(torch.promote_types(t.dtype, torch.float32)).numpy())
         values = np.log10(array[array > 0], dtype=np.float64)
         if values.size:
-            counts, edges = np.histogram(values, bins=bins)
             row[:HISTOGRAM_HEAD] = values.min(), values.max(), values.size, values.sum(), np.square(values).sum()
-            row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + bins], row[HISTOGRAM_HEAD + bins:] = counts, edges[1:]
+            if np.isfinite(values.max()):
+                counts, edges = np.histogram(values, bins=bins)
+                row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + bins], row[HISTOGRAM_HEAD + bins:] = counts, edges[1:]
+            else:  # an infinite gradient: no finite range to bin (as histogram_rows), edges up to inf
+                row[HISTOGRAM_HEAD + bins:] = np.inf
     return torch.from_numpy(rows)
 
 

@@ -8,6 +8,8 @@ project's machines have a C++ compiler).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,8 @@ class Torch:
 
     norms = staticmethod(statistics.row_norms)
     histogram_rows = staticmethod(statistics.histogram_rows)
+    log10_rows = staticmethod(statistics.log10_magnitude_rows)
+    log10 = staticmethod(np.log10)  # what its log10 histograms bin
     percentiles = staticmethod(statistics.row_percentiles)
 
     @staticmethod
@@ -39,7 +43,7 @@ class Compiled:
     @staticmethod
     def _values(placements, count, **tensors):
         kinds = {kind: tensors.get(kind, []) for kind in ("grads", "after", "before", "outputs", "pres", "posts")}
-        rows = len(kinds["grads"]) if placements[0][0] == "grad_histogram" else 0
+        rows = len(kinds["grads"]) if placements[0][0].endswith("histogram") else 0
         step = native.StepStatistics(*kinds.values(), 0, "relu", placements, count, rows, HISTOGRAM_BINS)
         return torch.from_numpy(step.histograms if rows else step.values)
 
@@ -50,6 +54,13 @@ class Compiled:
     @classmethod
     def histogram_rows(cls, tensors):
         return cls._values((("grad_histogram", None, 0),), 0, grads=tensors)
+
+    log10 = staticmethod(np.vectorize(math.log10, otypes=[np.float64]))  # the C library's, which numpy's may
+    # differ from in the last bit
+
+    @classmethod
+    def log10_rows(cls, tensors):
+        return cls._values((("grad_log10_histogram", None, 0),), 0, grads=tensors)
 
     @classmethod
     def percentiles(cls, tensors, qs):
@@ -156,6 +167,50 @@ def test_non_finite_values_do_not_fail(measure):
     assert rows[:, HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS].count_nonzero() == 0  # no finite range to bin
     # NaN sorts after every number, as numpy.sort puts it: the low percentiles stay numbers
     assert measure.percentiles(x[:1], [0.0, 0.5])[0].tolist() == [1.0, 2.5]
+
+
+def _log10_cases() -> dict[str, np.ndarray]:
+    """float32 gradients whose log10 |g| lands on, and within float32 ulps of, bin edges."""
+    rng = np.random.default_rng(5)
+    edges = np.linspace(-6.0, -2.0, HISTOGRAM_BINS + 1)  # the bins of magnitudes 1e-6 .. 1e-2
+    on_edges = (10.0 ** edges).astype(np.float32)
+    neighbours = np.concatenate([on_edges.view(np.int32) + step for step in (-2, -1, 0, 1, 2)]).view(np.float32)
+    neighbours = neighbours[(neighbours >= on_edges[0]) & (neighbours <= on_edges[-1])]
+    return {
+        "on and next to edges": np.concatenate([neighbours, -neighbours[::3], rng.uniform(1e-6, 1e-2, 500),
+                                                [0.0, np.nan]]).astype(np.float32),
+        # a range a few ulps wide: every value is near an edge
+        "adjacent floats": (np.float32(0.75).view(np.int32) + np.arange(40) % 7).view(np.float32),
+        "subnormal to huge": np.array([1e-45, 3e-42, 1e-39, 1.2e-38, 0.5, -2.0, 3.4e38], dtype=np.float32),
+        "log-uniform": (10.0 ** rng.uniform(-40, 38, 20000) * rng.choice([-1, 1], 20000)).astype(np.float32),
+        "equal": np.array([0.125] * 7 + [-0.125, 0.0], dtype=np.float32),
+        # 2^a .. 2^(a + 30 m): the bins' edges fall on the values' log10, to within the last bits of both
+        **{f"2^{low} to 2^{low + span}": 2.0 ** np.arange(low, low + span + 1, dtype=np.float32)
+           for low, span in ((-39, 30), (-30, 30), (0, 30), (-149, 30), (-100, 60), (50, 60))},
+    }
+
+
+def _expected_log10_row(g: np.ndarray, log10) -> np.ndarray:
+    """numpy's row of log10 |g| over g's nonzero, non-NaN values."""
+    values = log10(np.abs(g[(g != 0) & ~np.isnan(g)].astype(np.float64)))
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(values.min(), values.max()))
+    return np.array([values.min(), values.max(), values.size, values.sum(), (values ** 2).sum(), *counts, *edges[1:]])
+
+
+@pytest.mark.parametrize("case", list(_log10_cases()))
+def test_log10_histograms_bin_every_value_as_numpy_bins_its_log10(measure, case):
+    g = _log10_cases()[case]
+    row, expected = measure.log10_rows([torch.from_numpy(g)])[0].numpy(), _expected_log10_row(g, measure.log10)
+    sums = [3, 4]
+    assert np.delete(row, sums).tolist() == np.delete(expected, sums).tolist()  # min, max, count, bins, edges
+    assert row[sums].tolist() == pytest.approx(expected[sums].tolist(), rel=1e-14)
+
+
+def test_log10_histogram_of_an_infinite_gradient_counts_it_and_bins_nothing(measure):
+    row = measure.log10_rows([torch.tensor([2.0 ** -10, float("inf"), 0.0, -(2.0 ** -20)])])[0].tolist()
+    assert row[:HISTOGRAM_HEAD] == [np.log10(2.0 ** -20), float("inf"), 3.0, float("inf"), float("inf")]
+    assert not any(row[HISTOGRAM_HEAD:HISTOGRAM_HEAD + HISTOGRAM_BINS])  # no finite range to bin
+    assert row[HISTOGRAM_HEAD + HISTOGRAM_BINS:] == [float("inf")] * HISTOGRAM_BINS
 
 
 @BY_DTYPE
