@@ -18,6 +18,7 @@ orders of magnitude read as 20 lines rather than one flat line at 0).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -27,7 +28,8 @@ HIDDEN_MARKER = re.compile(r"^preact/mean/(layer\d+)$")
 # batch (and a channel's spatial positions), tags preact/unit0/{p15,p50,p85}/layerNN.
 UNIT = 0
 PROFILE_TAGS = ("profile/log10_grad_ratio_first_last", "profile/growth_factor")
-LOG10_FAMILIES = ("grad_norm/output", "grad_norm/weight", "update_ratio")
+PROFILE_FAMILY = "grad_norm/output"  # the family a profile is made of
+LOG10_FAMILIES = (PROFILE_FAMILY, "grad_norm/weight", "update_ratio")
 _LOG10_TAG = re.compile(rf"^(?:{'|'.join(map(re.escape, LOG10_FAMILIES))})/layer\d+$")
 
 
@@ -36,7 +38,7 @@ def hidden_layers(tags) -> list[str]:
     return sorted(match[1] for tag in tags if (match := HIDDEN_MARKER.match(tag)))
 
 
-def profile(metrics: dict[str, float], family: str = "grad_norm/output") -> list[float]:
+def profile(metrics: dict[str, float], family: str = PROFILE_FAMILY) -> list[float]:
     """`family` of each hidden layer, input side first."""
     return [metrics[f"{family}/{layer}"] for layer in hidden_layers(metrics) if f"{family}/{layer}" in metrics]
 
@@ -71,14 +73,24 @@ def gradient_figures(initial: dict[str, float], final: dict[str, float]) -> dict
 def derived_scalars(values: dict[str, float]) -> dict[str, float]:
     """The profile figures of this step and log10 of the decade-spanning per-layer values (see the module's
     docstring). A value that has no logarithm (0, NaN) gets no log10 point rather than -inf."""
-    gradients = profile(values)
+    profile_tags, log10_tags = _derived_from(tuple(values))
+    gradients = [values[tag] for tag in profile_tags]
     ratio, growth = ratio_first_last(gradients), growth_factor(gradients)
     derived = {}
     if ratio > 0 and math.isfinite(ratio):
         derived[PROFILE_TAGS[0]] = math.log10(ratio)
     if math.isfinite(growth):
         derived[PROFILE_TAGS[1]] = growth
-    for tag, value in values.items():
-        if value > 0 and math.isfinite(value) and _LOG10_TAG.match(tag):
-            derived[f"log10/{tag}"] = math.log10(value)
+    for tag, log10_tag in log10_tags:
+        if (value := values[tag]) > 0 and math.isfinite(value):
+            derived[log10_tag] = math.log10(value)
     return derived
+
+
+@functools.lru_cache(maxsize=16)
+def _derived_from(tags: tuple[str, ...]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Which of a step's tags `derived_scalars` reads (the same few tag sets step after step): the profile's, in
+    its order, and each decade-spanning tag with the tag of its log10."""
+    present = set(tags)
+    profile_tags = [tag for layer in hidden_layers(tags) if (tag := f"{PROFILE_FAMILY}/{layer}") in present]
+    return profile_tags, [(tag, f"log10/{tag}") for tag in tags if _LOG10_TAG.match(tag)]

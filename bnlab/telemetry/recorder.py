@@ -145,12 +145,13 @@ class Telemetry:
             self._write(step, values, pending.result())
 
     def _write(self, step: int, values: dict[str, float], measurement: Measurement | None) -> None:
+        histograms = ((), None)
         if measurement is not None:
             if measurement.tags:
                 values.update(zip(measurement.tags, measurement.values.tolist(), strict=True))  # one transfer
                 values.update(derived_scalars(values))
-            self.writer.histogram_rows(step, measurement.histogram_tags, measurement.histogram_rows)
-        self.writer.scalars(step, values)
+            histograms = (measurement.histogram_tags, measurement.histogram_rows)
+        self.writer.records(step, values, *histograms)
         self._last.update(values)
         if self.probes is not None:
             if not self._initial:

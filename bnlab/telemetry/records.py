@@ -1,10 +1,10 @@
 """A measured step's TensorBoard Summary, encoded from its arrays in a few numpy operations.
 
-Building a `Summary` field by field costs about a microsecond a scalar and five a histogram in Python: with
-every statistic at every step (a few hundred scalars and dozens of histograms) that was a tenth of the step.
-Here the Summary's bytes come from a template of the tags, made once per set of tags, with the numbers
-copied into their places; `Summary.FromString` turns them into the message the writer takes. The encoding is
-protobuf's wire format of `tensorboard/compat/proto/summary.proto`:
+Building a `Summary` field by field takes Python calls for each scalar and each histogram; with every
+statistic logged at every step (hundreds of scalars, dozens of histograms) they show in the step time
+(docs/performance.md). Here the Summary's bytes come from a template of the tags, made once per set of tags,
+with the numbers copied into their places; `Summary.FromString` turns them into the message the writer takes.
+The encoding is protobuf's wire format of `tensorboard/compat/proto/summary.proto`:
 
     Summary         value: repeated Value = 1
     Summary.Value   tag: string = 1, simple_value: float = 2, histo: HistogramProto = 5
@@ -27,18 +27,26 @@ _LENGTH_DELIMITED, _FIXED64, _FIXED32 = 2, 1, 5  # wire types
 HISTOGRAM_FIELDS = ("min", "max", "num", "sum", "sum_squares")  # HistogramProto's fields 1-5: a row's head
 
 
-def scalars(tags: tuple[str, ...], values: list[float]) -> Summary:
-    """The Summary of `values[i]` as scalar `tags[i]` (each a float32, as TensorBoard's scalars are)."""
+def summary(values: dict[str, float], histogram_tags: tuple[str, ...] = (), rows: np.ndarray | None = None) -> Summary:
+    """The Summary of each of `values` as a scalar (a float32, as TensorBoard's scalars are) and of histogram row i
+    (`bnlab.telemetry.statistics.histogram_rows`: min, max, count, sum, sum of squares, then the bin counts, then
+    their right edges) as histogram `histogram_tags[i]`. (Two encoded Summaries, one after the other, are the
+    encoding of the one Summary holding the values of both.)"""
+    data = _scalars(tuple(values), list(values.values())) if values else b""
+    if histogram_tags:
+        data += _histograms(tuple(histogram_tags), rows)
+    return Summary.FromString(data)
+
+
+def _scalars(tags: tuple[str, ...], values: list[float]) -> bytes:
     template, places = _scalar_template(tags)
     data = template.copy()
     with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as protobuf casts it
         data[places] = np.asarray(values, dtype=np.float64).astype("<f4").view(np.uint8)
-    return Summary.FromString(data.tobytes())
+    return data.tobytes()
 
 
-def histograms(tags: tuple[str, ...], rows: np.ndarray) -> Summary:
-    """The Summary of histogram row i (`bnlab.telemetry.statistics.histogram_rows`: min, max, count, sum, sum of
-    squares, then the bin counts, then their right edges) as histogram `tags[i]`."""
+def _histograms(tags: tuple[str, ...], rows: np.ndarray) -> bytes:
     bins = (rows.shape[1] - HISTOGRAM_HEAD) // 2
     histogram = np.repeat(_histogram_template(bins)[None], len(tags))
     for column, name in enumerate(HISTOGRAM_FIELDS):
@@ -47,8 +55,7 @@ def histograms(tags: tuple[str, ...], rows: np.ndarray) -> Summary:
     histogram["bucket_limit"] = rows[:, HISTOGRAM_HEAD + bins:]
     data, size = memoryview(histogram.view(np.uint8)), histogram.itemsize
     heads = _histogram_heads(tags, size)
-    return Summary.FromString(b"".join(piece for i, head in enumerate(heads)
-                                       for piece in (head, data[i * size:(i + 1) * size])))
+    return b"".join(piece for i, head in enumerate(heads) for piece in (head, data[i * size:(i + 1) * size]))
 
 
 @functools.lru_cache(maxsize=32)

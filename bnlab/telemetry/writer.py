@@ -55,19 +55,20 @@ class RunWriter:
         self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10, max_queue=1000)
         self._events = self._writer._get_file_writer()
 
+    def records(self, step: int, values: dict[str, float], histogram_tags: list[str] = (),
+                histogram_rows: torch.Tensor | np.ndarray | None = None) -> None:
+        """A step's scalars, and its histograms already binned by `bnlab.telemetry.statistics.histogram_rows`
+        (one row per tag), in one event."""
+        if len(histogram_tags):
+            histogram_tags, histogram_rows = _binned(histogram_tags, histogram_rows)
+        if values or len(histogram_tags):
+            self._events.add_summary(records.summary(values, histogram_tags, histogram_rows), step)
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        self._events.add_summary(records.scalars(tuple(values), list(values.values())), step)
+        self.records(step, values)
 
     def histogram_rows(self, step: int, tags: list[str], rows: torch.Tensor | np.ndarray | None) -> None:
-        """Histograms already binned by `bnlab.telemetry.statistics.histogram_rows`, one row per tag."""
-        if not tags:
-            return
-        host = rows if isinstance(rows, np.ndarray) else rows.detach().to("cpu", torch.float64).numpy()
-        binned = host[:, 2] != 0  # nothing binned (log10 |g| of a gradient of exact zeros): no histogram to show
-        if not binned.all():
-            tags, host = [tag for tag, keep in zip(tags, binned, strict=True) if keep], host[binned]
-        if tags:
-            self._events.add_summary(records.histograms(tuple(tags), host), step)
+        self.records(step, {}, tags, rows)
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         self._writer.add_text(tag, markdown, step)
@@ -141,6 +142,16 @@ class RunWriter:
     def close(self) -> None:
         self._writer.close()
 
+
+
+def _binned(tags: list[str], rows: torch.Tensor | np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """The rows on the host, without those that binned nothing (log10 |g| of a gradient of exact zeros): no
+    histogram to show."""
+    host = rows if isinstance(rows, np.ndarray) else rows.detach().to("cpu", torch.float64).numpy()
+    binned = host[:, 2] != 0
+    if binned.all():
+        return tuple(tags), host
+    return tuple(tag for tag, keep in zip(tags, binned, strict=True) if keep), host[binned]
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -33,7 +33,7 @@ VALUES = (0.1, -0.0, 3.4e38 * 10, float("nan"), float("-inf"), 1e-46)
 
 
 def test_scalars_equal_the_summary_built_field_by_field():
-    summary = records.scalars(TAGS, list(VALUES))
+    summary = records.summary(dict(zip(TAGS, VALUES, strict=True)))
     expected = _scalars_by_fields(TAGS, VALUES)
     assert [value.tag for value in summary.value] == list(TAGS)
     got = np.array([value.simple_value for value in summary.value], dtype=np.float32)
@@ -49,7 +49,7 @@ def test_histograms_equal_the_summary_built_field_by_field(bins):
     rows = rng.normal(size=(len(TAGS), HISTOGRAM_HEAD + 2 * bins)) * 10.0 ** rng.integers(-30, 30, size=(1,))
     rows[0, :HISTOGRAM_HEAD] = 0.0  # zeros, which protobuf leaves out of its bytes
     rows[1, 0], rows[1, 1], rows[2, 3] = -np.inf, np.inf, -0.0
-    summary = records.histograms(TAGS, rows)
+    summary = records.summary({}, TAGS, rows)
     assert summary == _histograms_by_fields(TAGS, rows)
     assert [value.tag for value in summary.value] == list(TAGS)
     got = np.array([[*[getattr(v.histo, f) for f in ("min", "max", "num", "sum", "sum_squares")],
@@ -61,14 +61,22 @@ def test_a_histogram_holding_nan_keeps_it():
     bins = 4
     rows = np.arange(2 * (HISTOGRAM_HEAD + 2 * bins), dtype=np.float64).reshape(2, -1)
     rows[1, 0] = rows[1, 1] = np.nan
-    histogram = records.histograms(("a", "b"), rows).value[1].histo
+    histogram = records.summary({}, ("a", "b"), rows).value[1].histo
     assert np.isnan(histogram.min) and np.isnan(histogram.max)
     assert list(histogram.bucket) == rows[1, HISTOGRAM_HEAD:HISTOGRAM_HEAD + bins].tolist()
 
 
 def test_the_template_is_made_once_per_set_of_tags():
-    records.scalars(("t/once",), [1.0])
+    records.summary({"t/once": 1.0})
     hits = records._scalar_template.cache_info().hits
-    records.scalars(("t/once",), [2.0])
+    records.summary({"t/once": 2.0})
     assert records._scalar_template.cache_info().hits == hits + 1
-    assert records.scalars(("t/once",), [2.0]).value[0].simple_value == 2.0  # the template itself is not written
+    assert records.summary({"t/once": 2.0}).value[0].simple_value == 2.0  # the template itself is not written
+
+
+def test_scalars_and_histograms_together_are_one_summary_of_both():
+    rows = np.random.default_rng(0).normal(size=(2, HISTOGRAM_HEAD + 2 * 3))
+    values = {"loss/train": 0.5, "lr": 0.125}
+    expected = _scalars_by_fields(list(values), list(values.values()))
+    expected.value.extend(_histograms_by_fields(("h/a", "h/b"), rows).value)
+    assert records.summary(values, ("h/a", "h/b"), rows) == expected
