@@ -96,9 +96,8 @@ class Probes:
         self._armed = False
         if not keep_hooks:
             self.detach()
-        grads = {name: layer.weight.grad.detach() for name, layer in self.layers.items()
-                 if layer.weight.grad is not None}
         after = self._weights()
+        grads = {name: weight.grad for name, weight in zip(self.layers, after, strict=True) if weight.grad is not None}
         if copy_weights:
             next_step = None if self._step is None else self._step + 1
             after = self._sets[self._copy_weights(1 - self._before, after, next_step)]
