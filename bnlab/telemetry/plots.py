@@ -248,7 +248,8 @@ def lines_figure(lines: list[tuple[str, list[int], list[float]]], ylabel: str, t
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if lines:  # (a legend of nothing only warns)
+        ax.legend(fontsize=7, loc="best")
     ax.set_title(title, fontsize=9)
     return figure
 
