@@ -24,7 +24,7 @@ SIGNATURES = {
 # Above this many elements, with more than one torch thread, torch's multi-threaded ops beat the
 # single-threaded compiled loops; below it, one compiled call beats the per-op overhead of a dozen ops
 # (docs/performance.md).
-COMPILED_MAX_NUMEL = 1 << 20
+COMPILED_MAX_NUMEL = 1 << 17
 
 
 def library() -> ctypes.CDLL | None:
