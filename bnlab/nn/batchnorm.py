@@ -165,7 +165,9 @@ class _BatchNorm(_NormBase):
         if mean is not None:  # None for an empty batch, which leaves all statistics as they were
             if self.training and self.track_running_stats:
                 functional.update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
-            self.batch_mean, self.batch_var = mean, var
+            # plain attributes (no parameters, buffers or modules): set without nn.Module.__setattr__'s checks,
+            # which cost a small layer's step a measurable share of its time
+            self.__dict__.update(batch_mean=mean, batch_var=var)
         return output
 
     def _check_input(self, input: Tensor) -> None:

@@ -71,7 +71,6 @@ def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l
     """As functional.forward_kernel, for an x that `accepts` (its `layout`)."""
     y = torch.empty_like(x)
     mean, var, invstd, scale = torch.empty(4, x.shape[1], dtype=torch.float32).unbind()
-    weight, bias = (None if t is None else t.detach() for t in (weight, bias))
     library().bnlab_bn_forward(x.data_ptr(), *layout, _address(weight), _address(bias), float(eps), y.data_ptr(),
                                mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr())
     return y, mean, var, invstd, scale
