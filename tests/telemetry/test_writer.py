@@ -67,3 +67,21 @@ def test_a_resumed_run_s_event_file_sorts_after_the_stopped_run_s(tmp_path):
     second.close()
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
     assert [step for step, _ in scalars(tmp_path)["loss/train"]] == list(range(10))
+
+
+def test_a_step_s_scalars_and_histograms_are_one_event_without_the_rows_that_binned_nothing(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    rows = histogram_rows([torch.tensor([1.0, 2.0, 4.0]), torch.tensor([3.0, 5.0])]).numpy()
+    rows = np.concatenate([rows[:1], np.zeros_like(rows[:1]), rows[1:]])  # the middle one binned nothing
+    writer = RunWriter(tmp_path)
+    writer.records(3, {"loss/train": 0.5}, ["h/a", "h/empty", "h/b"], rows)
+    writer.close()
+    accumulator = _read(tmp_path)
+    assert accumulator.Tags()["histograms"] == ["h/a", "h/b"]
+    assert [h.histogram_value.num for tag in ("h/a", "h/b") for h in accumulator.Histograms(tag)] == [3, 2]
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss/train")] == [(3, 0.5)]
+    events = [event for path in tmp_path.glob("events.out.tfevents.*")
+              for event in EventFileLoader(str(path)).Load() if event.summary.value]
+    assert [(event.step, [value.tag for value in event.summary.value]) for event in events] == \
+        [(3, ["loss/train", "h/a", "h/b"])]
