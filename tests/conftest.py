@@ -36,6 +36,21 @@ def train_in_process(run_dir: Path, *overrides: str):
     return train(cfg, run_dir, list(overrides))
 
 
+def interrupt_after(steps: int):
+    """A training progress that sends this process SIGINT once `steps` steps are done, as Ctrl-C would between
+    two steps."""
+    import signal
+
+    from bnlab.train.loop import NullProgress
+
+    class InterruptAfter(NullProgress):
+        def update(self, step, loss, accuracy) -> None:
+            if step == steps:
+                signal.raise_signal(signal.SIGINT)
+
+    return InterruptAfter()
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar tag of a run's event files, read back with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

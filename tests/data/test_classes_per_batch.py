@@ -7,17 +7,16 @@ and in a real training run interrupted by SIGINT), and the config by the real co
 from __future__ import annotations
 
 import io
-import signal
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose, scalars
+from conftest import TINY, compose, interrupt_after, scalars
 
 from bnlab.config.launch import compose_config
 from bnlab.data.datasets import BatchSampler, load_dataset
 from bnlab.errors import ConfigError
-from bnlab.train.loop import NullProgress, train
+from bnlab.train.loop import train
 
 # Ten classes of uneven sizes (30 .. 75 samples), in a scrambled order.
 COUNTS = [30 + 5 * c for c in range(10)]
@@ -133,17 +132,6 @@ def test_the_config_key_is_validated_when_composed():
         compose_config(["data.classes_per_batch=16"], thorough=True)
 
 
-class InterruptAfter(NullProgress):
-    """Sends this process SIGINT once `steps` steps are done, as Ctrl-C would between two steps."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def update(self, step, loss, accuracy) -> None:
-        if step == self.steps:
-            signal.raise_signal(signal.SIGINT)
-
-
 def test_a_run_on_class_batches_resumes_bit_identically(tmp_path):
     # Batches of 256 from 4 classes (shares of 64): digits' 1438 training samples make 4 batches an epoch,
     # so the interruption at step 7 falls inside the second epoch (checked below).
@@ -155,7 +143,7 @@ def test_a_run_on_class_batches_resumes_bit_identically(tmp_path):
         return train(compose(*overrides, *extra), tmp_path / name, [*overrides, *extra], progress)
 
     assert run("a").status == "completed"
-    assert run("b", progress=InterruptAfter(7)).status == "interrupted"
+    assert run("b", progress=interrupt_after(7)).status == "interrupted"
     assert run("b", f"resume={tmp_path / 'b'}").status == "completed"
     final_a, final_b = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=False) for name in "ab")
     assert final_a["sampler"] == final_b["sampler"] and final_a["sampler"]["classes_per_batch"] == 4

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import torch
-from conftest import BNLAB, TINY, compose, run_bnlab, scalars
+from conftest import BNLAB, TINY, compose, interrupt_after, run_bnlab, scalars
 
-from bnlab.train.loop import NullProgress, train
+from bnlab.train.loop import train
 
 # Each variant's knobs set so that it differs from BatchNorm within a 12-step run of batch 32.
 VARIANTS = {
@@ -26,17 +26,6 @@ VARIANTS = {
     "group": ["norm=group", "norm.groups=4"],
 }
 INTERRUPT_AFTER = 6  # steps; TINY logs every 4 and evaluates every 5, so both straddle the interruption
-
-
-class InterruptAfter(NullProgress):
-    """Sends this process SIGINT once `steps` steps are done, as Ctrl-C would between two steps."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def update(self, step, loss, accuracy) -> None:
-        if step == self.steps:
-            signal.raise_signal(signal.SIGINT)
 
 
 def _train(run_dir, overrides, progress=None):
@@ -67,7 +56,7 @@ def test_a_variant_trains_with_telemetry_and_resumes_bit_identically(tmp_path, v
     overrides = [*TINY, f"model={model}", *VARIANTS[variant]]
     uninterrupted = _train(tmp_path / "a", overrides)
     assert uninterrupted.status == "completed", uninterrupted.error
-    interrupted = _train(tmp_path / "b", overrides, InterruptAfter(INTERRUPT_AFTER))
+    interrupted = _train(tmp_path / "b", overrides, interrupt_after(INTERRUPT_AFTER))
     assert (interrupted.status, interrupted.steps) == ("interrupted", INTERRUPT_AFTER)
     resumed = _train(tmp_path / "b", [*overrides, f"resume={tmp_path / 'b'}"])
     assert resumed.status == "completed", resumed.error
