@@ -28,7 +28,7 @@ from bnlab.experiments.measures import (
     values_of,
 )
 from bnlab.experiments.plotting import mean_of, xy_panel
-from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict, above, below
+from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict, above, below, judged
 from bnlab.telemetry import plots
 
 ARMS = ("no_clip", "clip", "adaptive")
@@ -62,13 +62,6 @@ THRESHOLDS = {"a learning rate trains: final test accuracy of every seed": TRAIN
               "BN: largest training rate, clipped / unclipped": SAME_RANGE}
 
 
-def _judged(what: str, value: float | None, measured: str, threshold: Threshold, ran: dict) -> Check:
-    """A Check of `value` against `threshold`: not applicable below its size, not measured without a value."""
-    short = threshold.shortfall(ran)
-    passed = None if value is None or short is not None else bool(threshold.passes(value))
-    return Check(what, measured, threshold.label, passed, not_applicable=short)
-
-
 def _rate(value: float | None) -> str:
     return formatting.number(value, "g", missing="none of the grid")
 
@@ -88,12 +81,12 @@ def divergence_check(name: str, clipped: list[RunData], unclipped: list[RunData]
     at = [run for lr in diverging for run in select(clipped, optim__lr=lr)]
     if not at:
         why = "no clipped runs" if not clipped else "no unclipped run diverged"
-        return _judged(f"no BN, {name}: divergence", None, f"not measured ({why})", NO_DIVERGENCE, ran)
+        return judged(f"no BN, {name}: divergence", None, f"not measured ({why})", NO_DIVERGENCE, ran)
     unclipped_at = [run for lr in diverging for run in select(unclipped, optim__lr=lr)]
     diverged = sum(run.status == "diverged" for run in at)
     measured = (f"{diverged} of {len(at)} clipped runs diverged at rates {', '.join(map(formatting.number, diverging))}"
                 f" (unclipped: {sum(run.status == 'diverged' for run in unclipped_at)} of {len(unclipped_at)})")
-    return _judged(f"no BN, {name}: divergence", diverged / len(at), measured, NO_DIVERGENCE, ran)
+    return judged(f"no BN, {name}: divergence", diverged / len(at), measured, NO_DIVERGENCE, ran)
 
 
 def recovery_claim(arm: str, plain: dict[str, list[RunData]], normed: dict[str, list[RunData]]) -> Claim:
@@ -107,14 +100,14 @@ def recovery_claim(arm: str, plain: dict[str, list[RunData]], normed: dict[str, 
     if clipped and best_bn is not None:
         ratio = 0.0 if best_clipped is None else best_clipped / best_bn
     measured = f"no BN with {name} {_rate(best_clipped)}, BN unclipped {_rate(best_bn)}"
-    checks.append(_judged("largest learning rate that trains", ratio, measured, REACHES_BN, ran))
+    checks.append(judged("largest learning rate that trains", ratio, measured, REACHES_BN, ran))
     gap = None
     if best_bn is not None:
         ours, theirs = _accuracy(clipped, best_bn), _accuracy(batchnorm, best_bn)
         gap = None if ours is None or theirs is None else ours - theirs
     measured = (f"at lr {_rate(best_bn)}: {_stat(select(clipped, optim__lr=best_bn))} vs BN "
                 f"{_stat(select(batchnorm, optim__lr=best_bn))}" if gap is not None else "not measured")
-    checks.append(_judged("final test accuracy, no BN clipped vs BN unclipped", gap, measured, MATCHES_BN, ran))
+    checks.append(judged("final test accuracy, no BN clipped vs BN unclipped", gap, measured, MATCHES_BN, ran))
     paper = ("Pascanu et al. (2013): clipping the gradient norm prevents the exploding steps that make training "
              "diverge" if arm == "clip" else
              "Brock et al. (2021), §3: adaptive clipping lets networks without normalization train at the large "
@@ -136,13 +129,13 @@ def unchanged_claim(normed: dict[str, list[RunData]]) -> Claim:
         worst = max(gaps.values()) if gaps and len(gaps) == len(rates) else None
         measured = "; ".join(f"{_stat(select(clipped, optim__lr=lr))} vs {_stat(select(unclipped, optim__lr=lr))} "
                              f"(lr {formatting.number(lr, 'g')})" for lr in gaps) or "not measured"
-        checks.append(_judged(f"BN, {name} vs none: final test accuracy at the rates BN trains at", worst, measured,
+        checks.append(judged(f"BN, {name} vs none: final test accuracy at the rates BN trains at", worst, measured,
                               UNCHANGED, ran))
         best, best_unclipped = largest_training_rate(clipped), largest_training_rate(unclipped)
         ratio = None
         if clipped and unclipped and best_unclipped is not None:
             ratio = 0.0 if best is None else best / best_unclipped
-        checks.append(_judged(f"BN, {name}: largest learning rate that trains", ratio,
+        checks.append(judged(f"BN, {name}: largest learning rate that trains", ratio,
                               f"{_rate(best)} vs {_rate(best_unclipped)} unclipped", SAME_RANGE, ran))
     return Claim("With BatchNorm, clipping changes neither the final accuracy nor the range of learning rates that "
                  "train", "(bnlab's question: BatchNorm already makes a layer's output independent of its weights' "

@@ -19,8 +19,8 @@ from bnlab import formatting
 from bnlab.analysis.aggregate import Stat, mean_interval
 from bnlab.analysis.readback import RunData
 from bnlab.experiments.experiment import Experiment, Part
-from bnlab.experiments.measures import Parts, across, bn_arm, final_accuracy, largest, listed, seeds, setting
-from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict, above, below
+from bnlab.experiments.measures import Parts, across, bn_arm, final_accuracy, largest, listed, mean, seeds, setting
+from bnlab.experiments.verdict import Claim, Table, Verdict, above, below, judged
 from bnlab.telemetry import plots
 
 REGULARIZERS = ("none", "l1", "l2")
@@ -110,16 +110,6 @@ def paired(runs: list[RunData], reference: list[RunData], measure) -> Stat | Non
 
 # --- the verdict
 
-def _judged(what: str, value: Stat | float | None, measured: str, threshold: Threshold, ran: dict) -> Check:
-    """A Check of `value` (a Stat's mean) against `threshold`: not applicable below its size, not measured
-    without a value."""
-    if isinstance(value, Stat):
-        value = value.mean
-    short = threshold.shortfall(ran)
-    passed = None if value is None or short is not None else bool(threshold.passes(value))
-    return Check(what, measured, threshold.label, passed, not_applicable=short)
-
-
 def _ratio(stat: Stat | None) -> str:
     return formatting.stat(stat, ".3g") if stat is not None else "not measured"
 
@@ -137,13 +127,13 @@ def scale_claim(reg: str, groups: dict, ran: dict, paper: str) -> Claim:
     runs, reference = groups[(True, reg)], groups[(True, "none")]
     norm_ratio = paired(runs, reference, weight_norm("end"))
     late, early = paired(runs, reference, LATE_LR), paired(runs, reference, EARLY_LR)
-    checks = [_judged(f"BN, {NAMES[reg]} / none: final ||W||", norm_ratio, _ratio(norm_ratio), SHRINKS, ran),
-              _judged(f"BN, {NAMES[reg]} / none: ||ΔW||/||W|| over the last fifth of training", late,
-                      f"{_ratio(late)} (first fifth: {_ratio(early)})", RAISES, ran)]
+    checks = [judged(f"BN, {NAMES[reg]} / none: final ||W||", mean(norm_ratio), _ratio(norm_ratio), SHRINKS, ran),
+              judged(f"BN, {NAMES[reg]} / none: ||ΔW||/||W|| over the last fifth of training", mean(late),
+                     f"{_ratio(late)} (first fifth: {_ratio(early)})", RAISES, ran)]
     if reg == "l2":
         growth = across([run for run in reference if run.status == "completed"], norm_growth, geometric=True)
         measured = formatting.stat(growth, ".4g") if growth is not None else "not measured"  # ~1: small growth
-        checks.insert(0, _judged("BN, no regularization: final / initial ||W||", growth, measured, GROWS, ran))
+        checks.insert(0, judged("BN, no regularization: final / initial ||W||", mean(growth), measured, GROWS, ran))
     name = "L2 weight decay" if reg == "l2" else "L1"
     return Claim(f"With BatchNorm, {name} shrinks the weights and raises the effective learning rate ||ΔW||/||W|| "
                  "over training, relative to BatchNorm without it", paper, checks)
@@ -155,9 +145,9 @@ def plain_claim(groups: dict, ran: dict) -> Claim:
     plain = paired(groups[(False, "l2")], groups[(False, "none")], LATE_LR)
     normed = paired(groups[(True, "l2")], groups[(True, "none")], LATE_LR)
     relative = None if plain is None or normed is None else plain.mean / normed.mean
-    checks = [_judged("no BN, L2 / none: final ||W||", norm_ratio, _ratio(norm_ratio), SHRINKS_PLAIN, ran),
-              _judged("L2 / none, ||ΔW||/||W|| over the last fifth: without BN vs with BN", relative,
-                      f"{_ratio(plain)} vs {_ratio(normed)}", LESS_THAN_BN, ran)]
+    checks = [judged("no BN, L2 / none: final ||W||", mean(norm_ratio), _ratio(norm_ratio), SHRINKS_PLAIN, ran),
+              judged("L2 / none, ||ΔW||/||W|| over the last fifth: without BN vs with BN", relative,
+                     f"{_ratio(plain)} vs {_ratio(normed)}", LESS_THAN_BN, ran)]
     return Claim("Without BatchNorm, L2 shrinks the weights but does not raise the effective learning rate as it "
                  "does with BatchNorm", "van Laarhoven (2017): the learning-rate effect comes from the scale "
                  "invariance that normalization gives; without it L2 is an ordinary regularizer", checks)
@@ -170,8 +160,8 @@ def accuracy_claim(groups: dict, ran: dict) -> Claim:
     for reg in ("l1", "l2"):
         theirs = across(groups[(False, reg)], final_accuracy)
         gap = None if ours is None or theirs is None else ours.mean - theirs.mean
-        checks.append(_judged(f"final test accuracy, BN without regularization vs no BN with {NAMES[reg]}", gap,
-                              f"{formatting.stat(ours, '.3f')} vs {formatting.stat(theirs, '.3f')}", AS_GOOD, ran))
+        checks.append(judged(f"final test accuracy, BN without regularization vs no BN with {NAMES[reg]}", gap,
+                             f"{formatting.stat(ours, '.3f')} vs {formatting.stat(theirs, '.3f')}", AS_GOOD, ran))
     return Claim("BatchNorm alone reaches the test accuracy that L1 or L2 give the network without it",
                  "Ioffe & Szegedy (2015), §3.4 and §4.2.1: BatchNorm regularizes the model, and with it the L2 weight "
                  "regularization of Inception was reduced 5 times", checks)

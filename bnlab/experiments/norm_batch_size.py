@@ -33,7 +33,7 @@ from bnlab.experiments.measures import (
     values_of,
 )
 from bnlab.experiments.plotting import mean_of, xy_panel
-from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict, below, between, check, higher
+from bnlab.experiments.verdict import Check, Claim, Table, Threshold, Verdict, below, between, check, higher, judged
 from bnlab.telemetry import plots
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -188,10 +188,8 @@ def spread_check(what: str, means: dict[int, float | None], threshold: Threshold
 
 def value_check(what: str, value: float | None, detail: str, threshold: Threshold, ran: dict) -> Check:
     """A Check of one measured number against `threshold`, not applicable where `ran` falls short of its needs."""
-    measured = f"{formatting.number(value, '.3f', missing='not measured')} ({detail})"
-    short = threshold.shortfall(ran)
-    passed = None if value is None or short is not None else bool(threshold.passes(value))
-    return Check(what, measured, threshold.label, passed, not_applicable=short)
+    return judged(what, value, f"{formatting.number(value, '.3f', missing='not measured')} ({detail})", threshold,
+                  ran)
 
 
 def compared(checks: list[Check], seed_count: int) -> list[Check]:

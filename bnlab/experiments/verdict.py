@@ -136,17 +136,21 @@ class Verdict:
     notes: list[str] = field(default_factory=list)  # what could not be measured, and why
 
 
+def judged(what: str, value: float | None, measured: str, threshold: Threshold,
+           ran: dict[str, float | None] | None = None) -> Check:
+    """A Check of one measured number against `threshold` (`measured`: how it reads in the report); not
+    applicable where `ran` (config key -> largest value among the measured runs) falls short of the threshold's
+    needs, unmeasured (passed None) without a value."""
+    short = threshold.shortfall(ran or {})
+    passed = None if value is None or short is not None else bool(threshold.passes(value))
+    return Check(what, measured, threshold.label, passed, not_applicable=short)
+
+
 def check(what: str, stat: Stat | None, spec: str, threshold: Threshold,
           ran: dict[str, float | None] | None = None) -> Check:
-    """A Check of a Stat's mean against `threshold`; `ran` (config key -> largest value among the measured
-    runs) decides whether the threshold applies. Unmeasured (passed None) when there is no stat."""
+    """`judged` for a Stat: its mean against `threshold`, the Stat as the report shows it."""
     measured = formatting.stat(stat, spec) if stat is not None else "not measured"
-    short = threshold.shortfall(ran or {})
-    if short is not None:
-        return Check(what, measured, threshold.label, None, not_applicable=short)
-    if stat is None:
-        return Check(what, measured, threshold.label, None)
-    return Check(what, measured, threshold.label, bool(threshold.passes(stat.mean)))
+    return judged(what, None if stat is None else stat.mean, measured, threshold, ran)
 
 
 def higher(what: str, better: Stat | None, other: Stat | None, spec: str) -> list[Check]:
