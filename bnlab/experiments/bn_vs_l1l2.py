@@ -14,6 +14,7 @@ fifth).
 from __future__ import annotations
 
 import math
+import statistics
 
 from bnlab import formatting
 from bnlab.analysis.aggregate import Stat, mean_interval
@@ -67,7 +68,7 @@ def layer_series(run: RunData, family: str) -> list[tuple[int, float]]:
     for step in steps:
         values = [values[step] for values in per_layer]
         if all(math.isfinite(v) and v > 0 for v in values):
-            series.append((step, math.exp(sum(map(math.log, values)) / len(values))))
+            series.append((step, statistics.geometric_mean(values)))
     return series
 
 

@@ -17,6 +17,7 @@ seed 0).
 from __future__ import annotations
 
 import math
+import statistics
 
 from bnlab import formatting
 from bnlab.analysis.aggregate import Stat, mean_series
@@ -91,7 +92,7 @@ def geometric_mean(values: list[float]) -> float | None:
         return None
     if min(values) <= 0:
         return 0.0
-    return math.exp(sum(math.log(value) for value in values) / len(values))
+    return statistics.geometric_mean(values)
 
 
 def layer_series(run: RunData, family: str, window: Window = None) -> dict[str, list[tuple[int, float]]]:

@@ -12,6 +12,7 @@ beta-smoothness, 4c). Parts: `main` (both arms, 3 seeds) and `torch` (the cross-
 from __future__ import annotations
 
 import math
+import statistics
 
 from bnlab import formatting
 from bnlab.analysis.aggregate import mean_series
@@ -124,7 +125,7 @@ def _band(runs: list[RunData], tag: str) -> tuple[list[int], list[float], list[f
             if math.isfinite(value) and value > 0:
                 by_step.setdefault(step, []).append(value)
     steps = sorted(by_step)
-    return (steps, [math.exp(sum(map(math.log, by_step[s])) / len(by_step[s])) for s in steps],
+    return (steps, [statistics.geometric_mean(by_step[s]) for s in steps],
             [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps])
 
 
